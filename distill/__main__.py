@@ -1,0 +1,4 @@
+"""`python -m distill ...` (and `torchrun -m distill run ...`) is the same as `distill ...`."""
+from .cli import main
+
+main()

@@ -1,0 +1,75 @@
+"""The `distill` command line: parse, call the library, print a summary.
+
+Each command lives in its own module here. Errors a user can fix (`DistillError`) print one line
+and exit with code 2; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from ..errors import DistillError
+
+# command name -> module in distill.cli that defines a click command of the same name
+COMMANDS = {
+    "run": "run", "recipes": "run", "models": "run",
+    "export": "export", "bench": "bench", "prune": "prune", "probe": "probe",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs (torch imports are slow)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        try:
+            module = importlib.import_module(f"{__name__}.{COMMANDS[name]}")
+        except ModuleNotFoundError:  # command not built yet
+            return None
+        return getattr(module, name.replace("-", "_"))
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="distill")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Make big vision models small, and prove it.
+
+    \b
+    Start here:
+      distill run recipes/quickstart.toml       teacher -> student (+ baseline) -> summary
+      distill recipes                           the shipped recipes
+      distill export runs/quickstart/student.pt -o student.onnx
+      distill bench runs/quickstart             teacher vs student: latency, size, accuracy
+    """
+    ctx.obj = {"debug": debug}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the group, turning user errors into one line and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="distill", standalone_mode=False)
+    except DistillError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        if debug:
+            raise
+        e.show()
+        sys.exit(2 if e.exit_code == 2 else e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)

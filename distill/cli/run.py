@@ -1,0 +1,120 @@
+"""`distill run`, `distill recipes` and `distill models`."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import click
+
+from ..errors import DistillError
+
+
+def shipped_recipes_dir() -> Path:
+    """recipes/ beside the package (a source checkout or an editable install)."""
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
+def find_recipe(name: str) -> Path:
+    """A path, or the name of a shipped recipe (`quickstart` -> recipes/quickstart.toml)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = shipped_recipes_dir() / f"{name.removesuffix('.toml')}.toml"
+    if shipped.exists() and not path.suffix:
+        return shipped
+    known = sorted(p.stem for p in shipped_recipes_dir().glob("*.toml"))
+    from ..errors import did_you_mean
+    raise DistillError(f"recipe {name!r} not found{did_you_mean(path.stem, known)}; expected a .toml "
+                       f"path or a shipped recipe name ({', '.join(known)})")
+
+
+@click.command()
+@click.argument("recipe")
+@click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (default: the recipe's out, else runs/NAME).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe field, e.g. --set student.epochs=2 --set distill.terms.0.weight=0.5")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in the same directory from its last complete epoch.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train (default: the recipe's device, auto).")
+@click.option("--data-root", type=click.Path(), default=None, help="Folder with <dataset>.npz files (default: $DISTILL_DATA, else ~/.cache/distill/data).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, device: str | None,
+        data_root: str | None, quiet: bool) -> None:
+    """Train a teacher, distil it into a student, train the student alone as a baseline,
+    and print what distillation bought.
+
+    RECIPE is a .toml file or the name of a shipped recipe (see `distill recipes`).
+
+    \b
+    Examples:
+      distill run recipes/quickstart.toml
+      distill run quickstart --set student.epochs=2 --out runs/try
+      DISTILL_DATA=~/data distill run recipes/mnist_hinton.toml --set teacher.epochs=1
+      distill run recipes/mnist_hinton.toml --resume        # after an interruption
+
+    The run directory holds recipe.toml (resolved), teacher.pt, student.pt, baseline.pt,
+    history.csv and metrics.json.
+    """
+    from ..pipeline import run_recipe, summary_table
+    from ..recipe import load_recipe
+
+    path = find_recipe(recipe)
+    parsed = load_recipe(path, list(overrides))
+    metrics = run_recipe(parsed, out=out, resume=resume, device=device, data_root=data_root,
+                         progress=not quiet)
+    click.echo("")
+    click.echo(summary_table(metrics))
+    click.echo(f"run directory: {out or parsed.out or Path('runs') / parsed.name}")
+
+
+@click.command()
+def recipes() -> None:
+    """List the shipped recipes with what each is for.
+
+    \b
+    Example:
+      distill recipes
+      distill run quickstart
+    """
+    folder = shipped_recipes_dir()
+    files = sorted(folder.glob("*.toml"))
+    if not files:
+        raise DistillError(f"no recipes found in {folder}; expected the recipes/ folder of a source checkout")
+    for f in files:
+        try:
+            description = tomllib.loads(f.read_text()).get("description", "")
+        except tomllib.TOMLDecodeError:
+            description = "(invalid TOML)"
+        click.echo(f"{f.stem:<28} {description}")
+    click.echo(f"\n({folder}; run one with `distill run NAME`)")
+
+
+@click.command()
+@click.option("--layers", "layers_of", metavar="NAME", default=None,
+              help="List the layer paths of model NAME that distillation terms can read.")
+@click.option("--input-shape", default="3,32,32", show_default=True, help="C,H,W used to build the model for --layers.")
+def models(layers_of: str | None, input_shape: str) -> None:
+    """List the model names recipes accept, or the layer paths of one model.
+
+    \b
+    Examples:
+      distill models
+      distill models --layers resnet8x4
+      distill models --layers resnet18 --input-shape 3,224,224
+    """
+    from ..models.registry import _small_models, build_model, torchvision_names
+    from ..taps import module_paths
+
+    if layers_of:
+        try:
+            shape = tuple(int(v) for v in input_shape.split(","))
+        except ValueError:
+            raise DistillError(f"--input-shape {input_shape!r}: expected C,H,W such as 3,32,32") from None
+        model = build_model(layers_of, 10, shape)
+        for path in module_paths(model):
+            click.echo(f"{path:<40} {type(model.get_submodule(path)).__name__}")
+        click.echo(f"{'logits':<40} (the model output)")
+        return
+    click.echo("small models:      mlp, small_cnn")
+    click.echo("32x32 (CRD/DKD):   " + ", ".join(sorted(_small_models())))
+    click.echo("torchvision:       " + ", ".join(torchvision_names()))
+    click.echo("your own:          'package.module:factory' (called with num_classes and options)")

@@ -1,0 +1,5 @@
+"""Datasets, transforms and splits: `load_data(name, ...)` returns a `DataBundle`."""
+from .load import DATASETS, DataBundle, data_root, load_data
+from .transforms import ImageDataset
+
+__all__ = ["DATASETS", "DataBundle", "ImageDataset", "data_root", "load_data"]

@@ -1,0 +1,146 @@
+"""Tensor transforms and the one Dataset class every split uses.
+
+Images stay uint8 (C, H, W) in memory and are turned into normalised float tensors one sample at
+a time, without PIL round trips: scale to [0, 1], match the channel count, augment, resize,
+normalise. The small-image steps are hand-written because torchvision's generic transforms cost
+several times more per sample, which dominates an MNIST epoch on CPU. Augmentation draws from
+torch's global RNG, so `torch.manual_seed` (and DataLoader's per-worker seeding) makes it
+reproducible.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from torch import nn
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as in torchvision's rgb_to_grayscale
+
+
+class Source(Protocol):
+    """Where the pixels come from: in-memory tensors, image files, or generated noise."""
+
+    labels: np.ndarray  # one integer label per image
+
+    def image(self, i: int) -> torch.Tensor:  # uint8 (C, H, W)
+        ...
+
+
+class ImageDataset(Dataset):
+    """`source`'s images at `indices` with (possibly relabelled) `targets`, through `transform`."""
+
+    def __init__(self, source: Source, indices: Sequence[int], targets: Sequence[int],
+                 transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.source = source
+        self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.source.image(int(self.indices[k]))), int(self.targets[k])
+
+
+class ToFloat:
+    """uint8 (or 0..max_value) pixels -> float32 in [0, 1]."""
+
+    def __init__(self, max_value: float = 255.0):
+        self.max_value = max_value
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(self.max_value)
+
+
+class ToChannels:
+    """Grey -> RGB by replication (so ImageNet models eat MNIST), RGB -> grey by luminance."""
+
+    def __init__(self, channels: int):
+        self.channels = channels
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == self.channels:
+            return x
+        if self.channels == 3:
+            return x.expand(3, -1, -1)
+        return F.rgb_to_grayscale(x)
+
+
+class RandomShift:
+    """Shift by up to `pad` pixels each way, filling with zeros: RandomCrop(size, padding=pad)
+    at a fraction of the per-sample cost of torchvision's generic version."""
+
+    def __init__(self, pad: int):
+        self.pad = pad
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        p, (h, w) = self.pad, x.shape[-2:]
+        i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()
+        return nn.functional.pad(x, (p, p, p, p))[..., i:i + h, j:j + w]
+
+
+class RandomFlip:
+    """Mirror left-right with probability 1/2."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1) if torch.rand(()) < 0.5 else x
+
+
+class Resize:
+    """Bilinear, antialiased resize to `size` x `size`."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.resize_image(x, [self.size, self.size], antialias=True)
+
+
+class Normalize:
+    """(x - mean) / std per channel."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def convert_stats(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    """Per-channel statistics for a converted channel count (grey -> RGB exact; RGB -> grey a
+    luminance-weighted approximation, since the grey image's exact statistics are not known)."""
+    if len(values) == channels:
+        return tuple(values)
+    if channels == 3:
+        return tuple(values) * 3
+    return (sum(w * v for w, v in zip(LUMA, values)),)
+
+
+def tensor_pipeline(max_value: float, channels: int, mean: Sequence[float], std: Sequence[float],
+                    size: int | None = None, pad: int = 0, flip: bool = False) -> T.Compose:
+    """Small-image pipeline: shift by up to `pad` pixels and flip (train only) at the native
+    resolution, then resize to `size` x `size` and normalise."""
+    steps: list = [ToFloat(max_value), ToChannels(channels)]
+    steps += [RandomShift(pad)] if pad else []
+    steps += [RandomFlip()] if flip else []
+    steps += [Resize(size)] if size else []
+    return T.Compose([*steps, Normalize(mean, std)])
+
+
+def imagenet_pipeline(channels: int, mean: Sequence[float], std: Sequence[float], size: int,
+                      train: bool) -> T.Compose:
+    """The standard ImageNet recipe: RandomResizedCrop + flip to train, resize to size*256/224
+    then centre crop to evaluate."""
+    if train:
+        geometry = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        geometry = [v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)]
+    return T.Compose([ToFloat(), ToChannels(channels), *geometry, Normalize(mean, std)])

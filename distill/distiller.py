@@ -1,0 +1,136 @@
+"""Teacher-student module: a frozen teacher, a student, and weighted loss terms between them.
+
+Borrowed from mdistiller: forward returns `(student_logits, {term: weighted loss})` and the
+teacher stays in eval mode. Borrowed from torchdistill: features come from forward hooks by module
+path, so any model works unchanged. Connectors (1x1 conv + BN for maps, linear for vectors) are made
+by probing shapes with one dummy batch, only where a term needs equal shapes and they differ; they
+train with the student and are never part of the exported student.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import DistillError
+from .taps import LOGITS, FeatureTaps
+
+
+@dataclass
+class Term:
+    """One distillation loss: what it compares, and how much it counts.
+
+    `student` and `teacher` are `"logits"` or a module path such as `"layer3"` or `"features.28"`.
+    """
+
+    name: str
+    loss: nn.Module
+    weight: float = 1.0
+    student: str = LOGITS
+    teacher: str = LOGITS
+
+
+def make_connector(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Module:
+    """A small trainable map from the student's feature shape to the teacher's (batch dim excluded)."""
+    if len(student_shape) != len(teacher_shape):
+        raise DistillError(f"cannot connect a student feature of shape {tuple(student_shape)} to a "
+                           f"teacher feature of shape {tuple(teacher_shape)}; expected both maps "
+                           "[C, H, W] or both vectors [D]")
+    if len(student_shape) == 3:  # feature maps: channels by 1x1 conv, spatial size by resizing
+        layers: list[nn.Module] = [
+            nn.Conv2d(student_shape[0], teacher_shape[0], 1, bias=False),
+            nn.BatchNorm2d(teacher_shape[0]),
+        ]
+        if student_shape[1:] != teacher_shape[1:]:
+            larger = student_shape[1] > teacher_shape[1]
+            layers.append(nn.AdaptiveAvgPool2d(tuple(teacher_shape[1:])) if larger else
+                          nn.Upsample(size=tuple(teacher_shape[1:]), mode="bilinear", align_corners=False))
+        return nn.Sequential(*layers)
+    if student_shape[:-1] != teacher_shape[:-1]:
+        raise DistillError(f"cannot connect shapes {tuple(student_shape)} and {tuple(teacher_shape)}; "
+                           "expected them to differ only in the last (feature) dimension")
+    return nn.Linear(student_shape[-1], teacher_shape[-1])
+
+
+class Distiller(nn.Module):
+    """`forward(images, targets) -> (student_logits, {term: weighted loss})`, CE included as "ce".
+
+    Args:
+        teacher: a trained classifier; frozen here (eval mode, no gradients, inference mode).
+        student: the classifier to train.
+        terms: the distillation losses.
+        input_shape: (C, H, W) of one input, used to probe feature shapes once.
+        ce_weight: weight of the cross-entropy with the true labels (0 drops the term).
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, terms: Sequence[Term],
+                 input_shape: Sequence[int], ce_weight: float = 1.0) -> None:
+        super().__init__()
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names) or "ce" in names:
+            raise DistillError(f"term names must be unique and not 'ce'; got {names}")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.student = student
+        self.terms = list(terms)
+        self.ce_weight = ce_weight
+        for term in self.terms:  # registered so .to(device) moves loss buffers too
+            self.add_module(f"loss_{term.name}", term.loss)
+        self._teacher_taps = FeatureTaps(teacher, [t.teacher for t in terms], role="teacher")
+        self._student_taps = FeatureTaps(student, [t.student for t in terms], role="student")
+        self.connectors = nn.ModuleDict(self._probe_connectors(tuple(input_shape)))
+
+    def _probe_connectors(self, input_shape: tuple[int, ...]) -> dict[str, nn.Module]:
+        was_training = self.student.training
+        self.student.eval()
+        probe = torch.randn(2, *input_shape, device=next(self.student.parameters()).device)
+        with torch.no_grad():
+            s_out = self._student_features(probe)
+            t_out = self._teacher_features(probe)
+        self.student.train(was_training)
+        if s_out[LOGITS].shape[-1] != t_out[LOGITS].shape[-1]:
+            raise DistillError(f"teacher predicts {t_out[LOGITS].shape[-1]} classes but student "
+                               f"{s_out[LOGITS].shape[-1]}; expected the same class count")
+        connectors = {}
+        for term in self.terms:
+            s_shape, t_shape = s_out[term.student].shape[1:], t_out[term.teacher].shape[1:]
+            if getattr(term.loss, "needs_same_shape", False) and s_shape != t_shape:
+                connectors[term.name] = make_connector(s_shape, t_shape).to(probe.device)
+        return connectors
+
+    def _student_features(self, images: Tensor) -> dict[str, Tensor]:
+        logits = self.student(images)
+        return {**self._student_taps.outputs, LOGITS: logits}
+
+    def _teacher_features(self, images: Tensor) -> dict[str, Tensor]:
+        with torch.inference_mode():
+            logits = self.teacher(images)
+            out = {**self._teacher_taps.outputs, LOGITS: logits}
+        return {k: v.clone() for k, v in out.items()}  # normal tensors, usable in autograd
+
+    def train(self, mode: bool = True) -> "Distiller":
+        super().train(mode)
+        self.teacher.eval()  # the teacher is frozen, BN statistics included
+        return self
+
+    def forward(self, images: Tensor, targets: Tensor,
+                teacher_outputs: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """`teacher_outputs` (e.g. from a cache) replaces the teacher's forward pass."""
+        t_out = teacher_outputs if teacher_outputs is not None else self._teacher_features(images)
+        s_out = self._student_features(images)
+        logits = s_out[LOGITS]
+        losses: dict[str, Tensor] = {}
+        if self.ce_weight:
+            losses["ce"] = self.ce_weight * F.cross_entropy(logits, targets)
+        for term in self.terms:
+            s, t = s_out[term.student], t_out[term.teacher]
+            if term.name in self.connectors:
+                s = self.connectors[term.name](s)
+            if getattr(term.loss, "needs_targets", False):
+                value = term.loss(s, t.to(s.dtype), targets)
+            else:
+                value = term.loss(s, t.to(s.dtype))
+            losses[term.name] = term.weight * value
+        return logits, losses

@@ -1,0 +1,106 @@
+"""Response (logit) distillation: the student matches the teacher's softened class distribution."""
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import DistillError
+
+
+def check_option(owner: str, name: str, value: object, *, allow_zero: bool = False) -> float:
+    """`value` as a float, or a DistillError naming the option and the range it must lie in."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise DistillError(f"{owner}: {name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_same_shape(owner: str, student: Tensor, teacher: Tensor, expected: str) -> None:
+    if student.shape != teacher.shape:
+        raise DistillError(f"{owner}: student and teacher shapes differ ({tuple(student.shape)} vs "
+                           f"{tuple(teacher.shape)}); expected {expected}")
+
+
+def _kl(log_q_student: Tensor, log_p_teacher: Tensor) -> Tensor:
+    """KL(p || q) summed over the last dimension, mean over the batch; both arguments are log-probs."""
+    return F.kl_div(log_q_student, log_p_teacher, reduction="batchmean", log_target=True)
+
+
+class KDLoss(nn.Module):
+    """Knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network").
+
+    loss = T^2 * KL(softmax(z_t / T) || softmax(z_s / T)), summed over classes, mean over the batch.
+    The T^2 keeps the gradient magnitude roughly independent of T (soft-target gradients scale as
+    1/T^2), so the loss weight need not be retuned when T changes. The teacher is a constant target.
+    """
+
+    needs_targets: ClassVar[bool] = False
+    needs_same_shape: ClassVar[bool] = False
+
+    def __init__(self, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.temperature = check_option("KDLoss", "temperature", temperature)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        check_same_shape("KDLoss", student_logits, teacher_logits, "logits [batch, classes] of equal size")
+        T = self.temperature
+        log_q = F.log_softmax(student_logits / T, dim=1)
+        log_p = F.log_softmax(teacher_logits.detach() / T, dim=1)
+        return T * T * _kl(log_q, log_p)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
+class DKDLoss(nn.Module):
+    """Decoupled knowledge distillation (Zhao et al. 2022, "Decoupled Knowledge Distillation", CVPR).
+
+    With p = softmax(z / T) and t the ground-truth class:
+    TCKD = KL([p_t^T, 1 - p_t^T] || [p_t^S, 1 - p_t^S])  (binary: target vs. everything else),
+    NCKD = KL(p^T restricted to classes != t, renormalised || same for the student),
+    loss = T^2 * (alpha * TCKD + beta * NCKD), mean over the batch.
+    Classic KD is TCKD + (1 - p_t^T) * NCKD; DKD frees NCKD from the (1 - p_t^T) damping.
+    Computed from log-softmax throughout; the target logit is masked with the most negative finite
+    value so NCKD never takes log(0).
+    """
+
+    needs_targets: ClassVar[bool] = True
+    needs_same_shape: ClassVar[bool] = False
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.alpha = check_option("DKDLoss", "alpha", alpha, allow_zero=True)
+        self.beta = check_option("DKDLoss", "beta", beta, allow_zero=True)
+        self.temperature = check_option("DKDLoss", "temperature", temperature)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor) -> Tensor:
+        check_same_shape("DKDLoss", student_logits, teacher_logits, "logits [batch, classes] of equal size")
+        if targets.shape != student_logits.shape[:1]:
+            raise DistillError(f"DKDLoss: targets have shape {tuple(targets.shape)}; expected class "
+                               f"indices of shape ({student_logits.shape[0]},)")
+        T = self.temperature
+        z_s, z_t = student_logits / T, teacher_logits.detach() / T
+        is_target = torch.zeros_like(z_s, dtype=torch.bool).scatter_(1, targets.long().unsqueeze(1), True)
+        tckd = _kl(self._binary_log_probs(z_s, is_target), self._binary_log_probs(z_t, is_target))
+        nckd = _kl(self._non_target_log_probs(z_s, is_target), self._non_target_log_probs(z_t, is_target))
+        return T * T * (self.alpha * tckd + self.beta * nckd)
+
+    @staticmethod
+    def _binary_log_probs(z: Tensor, is_target: Tensor) -> Tensor:
+        """log [p_target, 1 - p_target] as a softmax over [z_target, logsumexp(z_other)]."""
+        z_target = z.masked_fill(~is_target, 0.0).sum(1)
+        z_other = torch.logsumexp(z.masked_fill(is_target, torch.finfo(z.dtype).min), dim=1)
+        return F.log_softmax(torch.stack([z_target, z_other], dim=1), dim=1)
+
+    @staticmethod
+    def _non_target_log_probs(z: Tensor, is_target: Tensor) -> Tensor:
+        """log-softmax over the non-target classes (the target gets probability 0)."""
+        return F.log_softmax(z.masked_fill(is_target, torch.finfo(z.dtype).min), dim=1)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}"

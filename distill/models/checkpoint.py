@@ -1,0 +1,136 @@
+"""Self-describing checkpoints: what the model is, plus its weights, safe to load.
+
+A checkpoint is a plain dict of tensors, numbers, strings and lists, so `torch.load` reads it with
+`weights_only=True` (no pickled code runs). It carries a `ModelCard`, which is enough to rebuild the
+architecture, preprocess inputs and name the classes: export, bench and prune need nothing else.
+Files are written atomically (temporary file, fsync, rename): a crash never leaves half a checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import DistillError
+
+FORMAT = "distill-checkpoint/1"
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to rebuild a model and feed it correctly."""
+
+    arch: str
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    class_names: list[str] | None = None
+    pruned: bool = False  # structure differs from `arch`: rebuilt with torch-pruning's state dict
+
+    def build(self) -> nn.Module:
+        """A freshly initialised model of this card's architecture (unpruned)."""
+        from .registry import build_model
+        return build_model(self.arch, self.num_classes, self.input_shape, **self.kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelCard":
+        d = dict(d)
+        d["input_shape"] = tuple(d["input_shape"])
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**d)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise DistillError(f"cannot write {path}: {e.strerror}; expected a writable directory") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_load(path: str | os.PathLike) -> Any:
+    """torch.load with weights_only=True; unsafe or broken files become a DistillError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"checkpoint {path} does not exist; expected a file written by distill or torch.save")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        raise DistillError(f"refusing to load {path}: it holds objects other than tensors and plain "
+                           f"data, which could run code when unpickled ({first[:160]})") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise DistillError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); "
+                           "expected a complete file written by torch.save") from e
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, card: ModelCard,
+                    extra: dict[str, Any] | None = None) -> None:
+    """Write `model` with its card; `extra` holds small metadata (metrics, recipe section, ...)."""
+    if card.pruned:
+        import torch_pruning as tp
+        state = tp.state_dict(model)
+    else:
+        state = model.state_dict()
+    atomic_save({"format": FORMAT, "card": card.to_dict(), "state_dict": state,
+                 "extra": extra or {}}, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the model a checkpoint describes and load its weights (in eval mode)."""
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise DistillError(f"{path} is not a distill checkpoint (no '{FORMAT}' format tag); "
+                           "expected a file written by `distill run`, `distill prune` or save_checkpoint")
+    card = ModelCard.from_dict(ckpt["card"])
+    model = card.build()
+    try:
+        if card.pruned:
+            import torch_pruning as tp
+            tp.load_state_dict(model, state_dict=ckpt["state_dict"])
+        else:
+            model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as e:
+        raise DistillError(f"checkpoint {path} does not match architecture {card.arch!r}: "
+                           f"{str(e).splitlines()[0][:200]}") from e
+    return model.eval(), card
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The weights of a distill checkpoint or of a plain saved state dict."""
+    obj = safe_load(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        obj = obj["state_dict"]
+    for key in ("state_dict", "model"):  # {"state_dict"|"model": ..., "epoch": ...} (RepDistiller, mdistiller)
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DistillError(f"{path} holds no state dict; expected a distill checkpoint or torch.save(model.state_dict())")
+    return obj

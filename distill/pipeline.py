@@ -1,0 +1,286 @@
+"""What `distill run` does with a recipe: teacher -> student (+ baseline) [-> prune -> export -> bench].
+
+Every phase writes its checkpoint into the run directory when it finishes and is skipped when that
+checkpoint is already there, so `--resume` continues an interrupted run from the last complete epoch
+of the phase it was in. The layers below take plain arguments; only this module reads a Recipe.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .distiller import Distiller, Term
+from .errors import DistillError
+from .losses import build_loss
+from .models import ModelCard, atomic_save, load_checkpoint, save_checkpoint
+from .models.checkpoint import safe_load
+from .models.stats import count_macs, count_params
+from .recipe import Recipe, to_toml
+from .train import Supervised, evaluate, fit, resolve_device
+
+
+class RunDir:
+    """The files of one run (see DESIGN.md) and the rules for reusing a directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.recipe = self.path / "recipe.toml"
+        self.history = self.path / "history.csv"
+        self.metrics = self.path / "metrics.json"
+
+    def checkpoint(self, role: str) -> Path:
+        return self.path / f"{role}.pt"
+
+    def resume_file(self, role: str) -> Path:
+        return self.path / f".{role}.resume.pt"
+
+    def prepare(self, recipe_text: str, resume: bool) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise DistillError(f"output {self.path} is a file; expected a directory for the run")
+        started = self.recipe.exists()
+        if started and not resume:
+            raise DistillError(f"run directory {self.path} already holds a run; expected --resume to "
+                               "continue it, or a new --out")
+        if started and resume and self.recipe.read_text() != recipe_text:
+            raise DistillError(f"run directory {self.path} was started with a different recipe; "
+                               f"expected the same recipe and --set values to resume (see {self.recipe})")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise DistillError(f"cannot write to run directory {self.path}: {e.strerror}; expected a "
+                               "writable --out directory") from e
+        _atomic_write_text(self.recipe, recipe_text)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_recipe(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False,
+               device: str | None = None, data_root: str | None = None,
+               progress: bool = True) -> dict[str, Any]:
+    """Run every phase the recipe asks for; returns metrics.json's content."""
+    from .data import load_data
+
+    run = RunDir(out or recipe.out or Path("runs") / recipe.name)
+    run.prepare(to_toml(recipe), resume)
+    dev = resolve_device(device or recipe.device)
+    d = recipe.data
+    data = load_data(d.name, root=data_root or d.root, path=d.path, val_fraction=d.val_fraction,
+                     augment=d.augment, jitter=d.jitter, image_size=d.image_size, channels=d.channels,
+                     download=d.download, seed=recipe.seed, train_limit=d.train_limit,
+                     test_limit=d.test_limit, mean=d.mean, std=d.std, classes=d.classes,
+                     per_class=d.per_class, num_classes=d.num_classes)
+    ctx = _Context(recipe, run, data, dev, progress)
+    ctx.preflight()
+    started = time.perf_counter()
+    teacher = ctx.teacher()
+    student = ctx.distilled_student(teacher)
+    if recipe.baseline.enabled:
+        ctx.baseline()
+        points = 100 * (ctx.metrics["student"]["test_accuracy"] - ctx.metrics["baseline"]["test_accuracy"])
+        ctx.metrics["gain"] = {"accuracy_points": round(points, 3), "negative_transfer": points < 0}
+    if recipe.prune.enabled:
+        ctx.pruned(student)
+    if recipe.export.enabled or recipe.bench.enabled:
+        ctx.export_and_bench()
+    ctx.metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
+    ctx.write_metrics()
+    return ctx.metrics
+
+
+class _Context:
+    """State shared by the phases of one run."""
+
+    def __init__(self, recipe: Recipe, run: RunDir, data, device: torch.device, progress: bool) -> None:
+        self.recipe, self.run, self.data, self.device, self.progress = recipe, run, data, device, progress
+        self.metrics: dict[str, Any] = {"recipe": recipe.name, "device": str(device),
+                                        "data": {"name": recipe.data.name, "train": len(data.train),
+                                                 "val": len(data.val) if data.val is not None else 0,
+                                                 "test": len(data.test)}}
+        if run.metrics.exists():
+            self.metrics = {**json.loads(run.metrics.read_text()), **self.metrics}
+        self.history: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------- helpers
+    def card(self, role: str) -> ModelCard:
+        spec = getattr(self.recipe, role)
+        return ModelCard(arch=spec.model, num_classes=self.data.num_classes,
+                         input_shape=tuple(self.data.input_shape), kwargs=dict(spec.options),
+                         mean=tuple(self.data.mean), std=tuple(self.data.std),
+                         class_names=list(self.data.class_names))
+
+    def build(self, role: str, weights: str | None = None) -> nn.Module:
+        from .models import build_model
+        torch.manual_seed(self.recipe.seed)  # distilled student and baseline start identical
+        card = self.card(role)
+        return build_model(card.arch, card.num_classes, card.input_shape, weights=weights, **card.kwargs)
+
+    def terms(self) -> list[Term]:
+        return [Term(name=t.name or t.loss, loss=build_loss(t.loss, **t.options), weight=t.weight,
+                     student=t.student, teacher=t.teacher) for t in self.recipe.distill.terms]
+
+    def preflight(self) -> None:
+        """Catch wrong layer paths and class counts before any training starts."""
+        teacher = self.build("teacher") if not self.recipe.teacher.checkpoint else \
+            load_checkpoint(self.recipe.teacher.checkpoint)[0]
+        Distiller(teacher, self.build("student"), self.terms(), self.data.input_shape,
+                  ce_weight=self.recipe.distill.ce_weight)
+
+    def record(self, role: str, model: nn.Module, history: list[dict[str, Any]], **extra: Any) -> None:
+        shape = self.data.input_shape
+        result = evaluate(model, self.data.test, self.device)
+        entry = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
+                 "params": count_params(model), "macs": count_macs(model, shape),
+                 "epochs": len(history), "train_seconds": round(sum(r.get("seconds", 0) for r in history), 1)}
+        if history and "val_accuracy" in history[-1]:
+            entry["val_accuracy"] = history[-1]["val_accuracy"]
+        entry.update(extra)
+        self.metrics[role] = entry
+        self.history = [r for r in self.history if r.get("phase") != role] + history
+        self.write_metrics()
+
+    def write_metrics(self) -> None:
+        _atomic_write_text(self.run.metrics, json.dumps(self.metrics, indent=2) + "\n")
+        keys: list[str] = []
+        for r in self.history:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.history)
+        _atomic_write_text(self.run.history, buf.getvalue())
+
+    def load_done(self, role: str) -> nn.Module | None:
+        """The finished model of a phase when its checkpoint is already in the run directory."""
+        path = self.run.checkpoint(role)
+        if not path.exists():
+            return None
+        model, _ = load_checkpoint(path)
+        self.history = [r for r in self.history if r.get("phase") != role] + \
+            safe_load(path)["extra"].get("history", [])
+        return model.to(self.device)
+
+    def train(self, role: str, module: nn.Module, spec, **kwargs: Any) -> list[dict[str, Any]]:
+        return fit(module, self.data.train, spec.schedule(), val_data=self.data.val, device=self.device,
+                   seed=self.recipe.seed, resume_path=self.run.resume_file(role), resume=True,
+                   num_workers=self.recipe.data.num_workers, desc=role, progress=self.progress,
+                   **kwargs)
+
+    def save(self, role: str, model: nn.Module, history: list[dict[str, Any]], card: ModelCard) -> None:
+        save_checkpoint(self.run.checkpoint(role), model, card, extra={"history": history})
+        self.run.resume_file(role).unlink(missing_ok=True)
+
+    # ----------------------------------------------------------------- phases
+    def teacher(self) -> nn.Module:
+        spec = self.recipe.teacher
+        if spec.checkpoint:
+            model, card = load_checkpoint(spec.checkpoint)
+            if card.num_classes != self.data.num_classes:
+                raise DistillError(f"teacher.checkpoint {spec.checkpoint} predicts {card.num_classes} "
+                                   f"classes but data {self.recipe.data.name!r} has {self.data.num_classes}; "
+                                   "expected a teacher trained on the same classes")
+            model = model.to(self.device)
+            self.record("teacher", model, [], source=str(spec.checkpoint))
+            return model
+        done = self.load_done("teacher")
+        if done is not None:
+            return done
+        model, history, info = self.adapt_teacher(spec)
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise DistillError("the teacher diverged: its weights are no longer finite after training; "
+                               "expected a lower teacher.lr (or pretrained teacher.weights)")
+        self.save("teacher", model, history, self.card("teacher"))
+        self.record("teacher", model, history, **info)
+        return model
+
+    def adapt_teacher(self, spec) -> tuple[nn.Module, list[dict[str, Any]], dict[str, Any]]:
+        from .transfer import adapt_teacher, choose_strategy
+        per_class = len(self.data.train) / self.data.num_classes
+        decision = choose_strategy(spec.strategy, bool(spec.weights), per_class)
+        if spec.strategy == "auto" and self.progress:
+            print(f"teacher strategy: {decision.strategy} ({decision.reason})")
+        model = self.build("teacher", spec.weights)
+        history = adapt_teacher(model, decision.strategy, self.data.train, spec.schedule(),
+                                train_eval=self.data.train_eval, val=self.data.val,
+                                finetune_from=spec.finetune_from, backbone_lr_scale=spec.backbone_lr_scale,
+                                device=self.device, seed=self.recipe.seed,
+                                resume_path=self.run.resume_file("teacher"), resume=True,
+                                num_workers=self.recipe.data.num_workers, desc="teacher",
+                                progress=self.progress)
+        return model, history, {"strategy": decision.strategy, "strategy_reason": decision.reason}
+
+    def distilled_student(self, teacher: nn.Module) -> nn.Module:
+        done = self.load_done("student")
+        if done is not None:
+            return done
+        student = self.build("student", self.recipe.student.weights)
+        distiller = Distiller(teacher, student, self.terms(), self.data.input_shape,
+                              ce_weight=self.recipe.distill.ce_weight)
+        history = self.train("student", distiller, self.recipe.student)
+        self.save("student", student, history, self.card("student"))
+        self.record("student", student, history, connectors=sorted(distiller.connectors))
+        return student
+
+    def baseline(self) -> nn.Module:
+        done = self.load_done("baseline")
+        if done is not None:
+            return done
+        model = self.build("student", self.recipe.student.weights)
+        history = self.train("baseline", Supervised(model), self.recipe.student)
+        self.save("baseline", model, history, self.card("student"))
+        self.record("baseline", model, history)
+        return model
+
+    def pruned(self, student: nn.Module) -> nn.Module:
+        from .prune_phase import prune_and_recover
+        return prune_and_recover(self, student)
+
+    def export_and_bench(self) -> None:
+        from .deploy_phase import export_and_bench
+        export_and_bench(self)
+
+
+# --------------------------------------------------------------------------- summary
+
+def summary_table(metrics: dict[str, Any]) -> str:
+    """The end-of-run table: accuracy, params and MACs per model, and what distillation bought."""
+    rows = [r for r in ("teacher", "student", "baseline", "pruned") if r in metrics]
+    lines = [f"{'model':<10} {'test acc':>9} {'params':>10} {'MACs':>10} {'epochs':>7}"]
+    for role in rows:
+        m = metrics[role]
+        lines.append(f"{role:<10} {m['test_accuracy']:>9.4f} {_si(m['params']):>10} {_si(m['macs']):>10} "
+                     f"{m.get('epochs', 0):>7}")
+    if "teacher" in metrics and "student" in metrics:
+        t, s = metrics["teacher"], metrics["student"]
+        lines.append(f"student is {t['params'] / max(s['params'], 1):.1f}x smaller and needs "
+                     f"{t['macs'] / max(s['macs'], 1):.1f}x fewer MACs than the teacher")
+    if "gain" in metrics:
+        g = metrics["gain"]
+        if g["accuracy_points"] < 0:
+            lines.append(f"WARNING: negative transfer: the distilled student is {-g['accuracy_points']:.2f} "
+                         "points WORSE than the same student trained on labels alone")
+        else:
+            lines.append(f"distillation gain over the baseline: {g['accuracy_points']:+.2f} points")
+    return "\n".join(lines)
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))

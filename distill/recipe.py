@@ -1,0 +1,417 @@
+"""Recipes: TOML files that pair a teacher with a student, data, losses and schedules.
+
+A recipe is read with the standard library (`tomllib`), never evaluated, and validated into typed
+dataclasses before any work starts. Every error names the key path and what was expected; unknown
+keys get a did-you-mean. `--set a.b.c=value` overrides any field (the value is read as TOML, and
+as a plain string when it is not valid TOML, so `--set teacher.model=resnet18` works).
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DistillError, did_you_mean
+from .train import Schedule
+from .transfer import STRATEGIES as TEACHER_STRATEGIES
+
+
+
+@dataclass
+class DataSpec:
+    """Which dataset, and how it is split, resized and augmented (see `distill.data.load_data`)."""
+
+    name: str = "digits"
+    root: str | None = None           # data root; default --data-root, $DISTILL_DATA, ~/.cache/distill/data
+    path: str | None = None           # for npz / imagefolder
+    val_fraction: float = 0.0
+    augment: bool = True
+    jitter: int = 0                   # +-pixels of random shift (Hinton et al. 2015 MNIST)
+    image_size: int | None = None
+    channels: int | None = None
+    classes: list[int] | None = None  # keep these labels only (relabelled 0..k-1)
+    per_class: int | None = None      # keep N training examples per class
+    train_limit: int | None = None
+    test_limit: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    num_classes: int | None = None    # for `fake` data; checked against the data otherwise
+    download: bool = False
+    num_workers: int = 0
+
+
+@dataclass
+class ModelSpec:
+    """A model and how its phase trains. Schedule keys mirror `distill.Schedule`."""
+
+    model: str = "small_cnn"
+    options: dict[str, Any] = field(default_factory=dict)   # keyword arguments of the model
+    weights: str | None = None        # torchvision weights name or checkpoint path
+    checkpoint: str | None = None     # an already trained model: skip training this phase
+    strategy: str | None = None       # teachers: scratch | feature_extraction | finetune | full | auto
+                                      # (default: full with weights, else scratch)
+    finetune_from: str | None = None  # finetune: first module path that trains
+    backbone_lr_scale: float = 0.1    # finetune/full: lr of pretrained layers relative to the head
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+    def schedule(self) -> Schedule:
+        names = {f.name for f in dataclasses.fields(Schedule)}
+        return Schedule(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+@dataclass
+class TermSpec:
+    """One distillation term: `loss` from distill.losses, read from `student`/`teacher` layers."""
+
+    loss: str
+    weight: float = 1.0
+    student: str = "logits"
+    teacher: str = "logits"
+    name: str | None = None           # defaults to the loss name
+    options: dict[str, Any] = field(default_factory=dict)   # keyword arguments of the loss
+
+
+@dataclass
+class DistillSpec:
+    ce_weight: float = 1.0
+    terms: list[TermSpec] = field(default_factory=lambda: [TermSpec(loss="kd")])
+
+
+@dataclass
+class BaselineSpec:
+    """The same student trained from the labels alone, with the student's schedule."""
+
+    enabled: bool = True
+
+
+@dataclass
+class ExportSpec:
+    enabled: bool = False
+    int8: bool = False
+    atol: float = 1e-4
+    calibration_images: int = 256
+
+
+@dataclass
+class BenchSpec:
+    enabled: bool = False
+    batch_size: int = 32              # throughput batch (latency is always batch 1)
+    rounds: int = 20
+
+
+@dataclass
+class PruneSpec:
+    """Prune the distilled student to a MACs budget, then recover (teacher = unpruned student)."""
+
+    enabled: bool = False
+    macs: float = 0.5
+    importance: str = "magnitude"
+    steps: int = 5
+    recovery: str = "kd"              # kd | finetune
+    epochs: int = 5
+    lr: float = 0.01
+    batch_size: int = 64
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    description: str = ""
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None            # run directory; default runs/<name>
+    data: DataSpec = field(default_factory=DataSpec)
+    teacher: ModelSpec = field(default_factory=ModelSpec)
+    student: ModelSpec = field(default_factory=ModelSpec)
+    distill: DistillSpec = field(default_factory=DistillSpec)
+    baseline: BaselineSpec = field(default_factory=BaselineSpec)
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    export: ExportSpec = field(default_factory=ExportSpec)
+    bench: BenchSpec = field(default_factory=BenchSpec)
+
+
+# ----------------------------------------------------------------------------- reading
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe file."""
+    return recipe_from_dict(read_toml(path), overrides)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"recipe {path} does not exist; expected a .toml file (see `distill recipes`)")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DistillError(f"recipe {path} is not valid TOML: {e}") from e
+
+
+def recipe_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> Recipe:
+    data = _deepcopy(data)
+    for item in overrides:
+        apply_override(data, item)
+    recipe = _build(Recipe, data, "")
+    _check(recipe)
+    return recipe
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one `a.b.c=value` to the raw recipe dict; list items are addressed by index."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise DistillError(f"--set {item!r}: expected KEY=VALUE, e.g. --set student.epochs=2")
+    keys = key.strip().split(".")
+    value = _parse_value(raw.strip())
+    node: Any = data
+    cls: Any = Recipe
+    for i, k in enumerate(keys):
+        where = ".".join(keys[: i + 1])
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise DistillError(f"--set {key}: {where} is not an item of a {len(node)}-item list; "
+                                   f"expected an index 0..{len(node) - 1}")
+            if last:
+                node[int(k)] = value
+            else:
+                node = node[int(k)]
+            cls = _item_type(cls)
+            continue
+        if dataclasses.is_dataclass(cls):
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            if k not in fields:
+                raise DistillError(f"--set {key}: {where} is not a recipe field{did_you_mean(k, fields)}; "
+                                   f"expected one of {', '.join(fields)}")
+            cls = typing.get_type_hints(cls)[k]
+        if last:
+            node[k] = value
+        else:
+            if k not in node:
+                node[k] = [] if _is_list(cls) else {}
+                if _is_list(cls):  # a list can only be addressed by existing index
+                    default = _default_of(keys[:i + 1])
+                    node[k] = [dataclasses.asdict(t) if dataclasses.is_dataclass(t) else t for t in default]
+            node = node[k]
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _default_of(keys: list[str]) -> Any:
+    obj: Any = Recipe()
+    for k in keys:
+        obj = getattr(obj, k)
+    return obj
+
+
+# ----------------------------------------------------------------------------- typed building
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise DistillError(f"{path or 'recipe'}: expected a table, got {_describe(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            raise DistillError(f"unknown key {_join(path, key)!r}{did_you_mean(key, fields)}; "
+                               f"expected one of {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, _join(path, name))
+    missing = [n for n, f in fields.items() if n not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise DistillError(f"{_join(path, missing[0])} is required")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (value == "" and type(None) in args):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, path)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise DistillError(f"{path}: expected a list, got {_describe(value)}")
+        return [_convert(args[0], v, f"{path}.{i}") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise DistillError(f"{path}: expected a table, got {_describe(value)}")
+        return value
+    if tp is typing.Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = isinstance(value, bool) if tp is bool else isinstance(value, tp) and not isinstance(value, bool)
+    if not ok:
+        raise DistillError(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
+    return value
+
+
+def _is_list(tp: Any) -> bool:
+    return typing.get_origin(tp) is list
+
+
+def _item_type(tp: Any) -> Any:
+    return typing.get_args(tp)[0] if _is_list(tp) else typing.Any
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _describe(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a table"}
+    return f"{names.get(type(value), type(value).__name__)} ({value!r})"[:120]
+
+
+def _deepcopy(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _deepcopy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_deepcopy(v) for v in x]
+    return x
+
+
+# ----------------------------------------------------------------------------- semantic checks
+
+def _positive(value: float, path: str, integer: bool = False) -> None:
+    if value is not None and value <= 0:
+        kind = "a positive integer" if integer else "a positive number"
+        raise DistillError(f"{path}: expected {kind}, got {value!r}")
+
+
+def _check(r: Recipe) -> None:
+    from .losses import LOSSES
+    if r.device not in ("auto", "cpu", "cuda") and not r.device.startswith("cuda:"):
+        raise DistillError(f"device: expected auto, cpu, cuda or cuda:N, got {r.device!r}")
+    if not 0 <= r.data.val_fraction < 1:
+        raise DistillError(f"data.val_fraction: expected a fraction in [0, 1), got {r.data.val_fraction!r}")
+    for key in ("image_size", "channels", "per_class", "train_limit", "test_limit", "num_classes"):
+        _positive(getattr(r.data, key), f"data.{key}", integer=True)
+    for role in ("teacher", "student"):
+        spec: ModelSpec = getattr(r, role)
+        for key in ("epochs", "batch_size"):
+            _positive(getattr(spec, key), f"{role}.{key}", integer=True)
+        _positive(spec.lr, f"{role}.lr")
+        if spec.strategy is None:
+            spec.strategy = "full" if spec.weights else "scratch"
+        for key, valid in (("optimizer", Schedule.OPTIMIZERS), ("scheduler", Schedule.SCHEDULERS),
+                           ("strategy", TEACHER_STRATEGIES)):
+            if getattr(spec, key) not in valid:
+                raise DistillError(f"{role}.{key}: expected one of {', '.join(valid)}, got "
+                                   f"{getattr(spec, key)!r}{did_you_mean(getattr(spec, key), valid)}")
+        _check_model_name(spec.model, f"{role}.model")
+    if r.student.strategy not in ("scratch", "full"):
+        raise DistillError("student.strategy: students are trained whole by distillation; expected no "
+                           "key (set student.weights to start from pretrained weights)")
+    if r.teacher.strategy == "finetune" and not r.teacher.finetune_from:
+        raise DistillError("teacher.finetune_from is required with strategy 'finetune'; expected a "
+                           "module path such as 'layer4'")
+    if r.distill.ce_weight < 0:
+        raise DistillError(f"distill.ce_weight: expected a number >= 0, got {r.distill.ce_weight!r}")
+    names = set()
+    for i, term in enumerate(r.distill.terms):
+        where = f"distill.terms.{i}"
+        if term.loss not in LOSSES:
+            raise DistillError(f"{where}.loss: unknown loss {term.loss!r}{did_you_mean(term.loss, LOSSES)}; "
+                               f"expected one of {', '.join(LOSSES)}")
+        if term.weight < 0:
+            raise DistillError(f"{where}.weight: expected a number >= 0, got {term.weight!r}")
+        name = term.name or term.loss
+        if name in names or name == "ce":
+            raise DistillError(f"{where}.name: term name {name!r} is used twice; expected unique names "
+                               "(set name = '...' on one of them)")
+        names.add(name)
+        term.name = name
+        _check_loss_options(term, where)
+    if not 0 < r.prune.macs < 1:
+        raise DistillError(f"prune.macs: expected the fraction of MACs to keep, in (0, 1), got {r.prune.macs!r}")
+    if r.prune.recovery not in ("kd", "finetune"):
+        raise DistillError(f"prune.recovery: expected kd or finetune, got {r.prune.recovery!r}")
+    _positive(r.prune.epochs, "prune.epochs", integer=True)
+    _positive(r.export.atol, "export.atol")
+
+
+def _check_model_name(name: str, path: str) -> None:
+    from .models.registry import available_models
+    if ":" in name:
+        return
+    models = available_models()
+    if name not in models:
+        raise DistillError(f"{path}: unknown model {name!r}{did_you_mean(name, models)}; expected a name "
+                           "from `distill models` or 'package.module:factory'")
+
+
+def _check_loss_options(term: TermSpec, where: str) -> None:
+    from .losses import build_loss
+    try:
+        build_loss(term.loss, **term.options)
+    except DistillError as e:
+        raise DistillError(f"{where}: {e}") from None
+
+
+def to_toml(recipe: Recipe) -> str:
+    """The resolved recipe as TOML (written to the run directory for reproduction)."""
+    data = dataclasses.asdict(recipe)
+    lines: list[str] = []
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items() if v is not None]
+    for section, body in data.items():
+        if not isinstance(body, dict):
+            continue
+        lines.append(f"\n[{section}]")
+        tables = []
+        for k, v in body.items():
+            if v is None:
+                continue
+            if isinstance(v, list) and v and isinstance(v[0], dict):
+                tables.append((k, v))
+            else:
+                lines.append(f"{k} = {_toml_value(v)}")
+        for k, items in tables:
+            for item in items:
+                lines.append(f"\n[[{section}.{k}]]")
+                lines += [f"{ik} = {_toml_value(iv)}" for ik, iv in item.items() if iv is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))

@@ -1,0 +1,266 @@
+"""Training loop for plain training and distillation: fit, evaluate, checkpoint, resume.
+
+`fit` trains any module whose forward is `(images, targets) -> (logits, {term: loss})`: a
+`Distiller`, or a plain classifier wrapped in `Supervised`. At the end of every epoch it writes one
+atomic resume file with the trainable weights, optimizer, scheduler, RNG and history; the shuffle
+order of epoch e depends only on (seed, e). So a run killed at any point resumes from its last
+complete epoch, and on CPU in deterministic mode ends with exactly the weights of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .errors import DistillError
+from .models import atomic_save, safe_load
+
+
+class Supervised(nn.Module):
+    """Wraps a classifier so it trains like a Distiller without a teacher: loss = cross-entropy."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.student = model
+
+    def forward(self, images: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        logits = self.student(images)
+        return logits, {"ce": F.cross_entropy(logits, targets)}
+
+
+@dataclass
+class Schedule:
+    """How one phase trains: optimizer, learning-rate schedule, epochs and batch size."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "sgd"          # sgd | adam | adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"       # cosine | step | constant
+    milestones: list[int] = field(default_factory=list)  # for step: epochs where lr *= gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+    OPTIMIZERS = ("sgd", "adam", "adamw")
+    SCHEDULERS = ("cosine", "step", "constant")
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
+                raise DistillError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+        if not self.lr > 0:
+            raise DistillError(f"lr must be positive, got {self.lr!r}")
+        if self.optimizer not in self.OPTIMIZERS:
+            raise DistillError(f"optimizer must be one of {', '.join(self.OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.scheduler not in self.SCHEDULERS:
+            raise DistillError(f"scheduler must be one of {', '.join(self.SCHEDULERS)}, got {self.scheduler!r}")
+
+    def make_optimizer(self, params: Iterable) -> torch.optim.Optimizer:
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                                   weight_decay=self.weight_decay, nesterov=self.momentum > 0)
+        cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.AdamW
+        return cls(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def lr_factor(self, epoch: float) -> float:
+        """Multiplier of the base learning rate at a (fractional) epoch."""
+        if epoch < self.warmup_epochs:
+            return (epoch + 1) / (self.warmup_epochs + 1)
+        if self.scheduler == "cosine":
+            span = max(self.epochs - self.warmup_epochs, 1)
+            return 0.5 * (1 + math.cos(math.pi * (epoch - self.warmup_epochs) / span))
+        if self.scheduler == "step":
+            return self.gamma ** sum(epoch >= m for m in self.milestones)
+        return 1.0
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without it is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DistillError("device 'cuda' requested but no CUDA GPU is available; expected --device cpu or auto")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise DistillError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+    return torch.device(device)
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+                num_workers: int = 0, device: torch.device | None = None) -> DataLoader:
+    """A loader whose shuffle order depends only on (seed, epoch), so resumed runs see the same batches."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=num_workers, persistent_workers=False,
+                      pin_memory=device is not None and device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset | DataLoader, device: torch.device | str = "cpu",
+             batch_size: int = 256) -> dict[str, float]:
+    """Accuracy (fraction 0..1) and mean cross-entropy of a classifier on a dataset."""
+    device = torch.device(device)
+    loader = data if isinstance(data, DataLoader) else make_loader(data, batch_size, shuffle=False)
+    was_training = model.training
+    model.eval()
+    correct, total, loss = 0, 0, 0.0
+    for images, targets in loader:
+        images, targets = images.to(device), targets.to(device)
+        logits = model(images)
+        loss += F.cross_entropy(logits, targets, reduction="sum").item()
+        correct += (logits.argmax(1) == targets).sum().item()
+        total += targets.numel()
+    model.train(was_training)
+    return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _trainable(module: nn.Module) -> dict[str, nn.Module]:
+    """The parts of a training module that a resume file must hold (never the frozen teacher)."""
+    parts = {"student": module.student}
+    if getattr(module, "connectors", None) is not None and len(module.connectors):
+        parts["connectors"] = module.connectors
+    return parts
+
+
+def fit(module: nn.Module, train_data: Dataset, schedule: Schedule, *,
+        val_data: Dataset | None = None, device: torch.device | str = "cpu", seed: int = 0,
+        resume_path: str | Path | None = None, resume: bool = False,
+        param_groups: list[dict[str, Any]] | None = None, num_workers: int = 0,
+        skip_nonfinite: bool = False, desc: str = "train",
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        progress: bool = True) -> list[dict[str, Any]]:
+    """Train `module` for `schedule.epochs` epochs; returns the per-epoch history.
+
+    Args:
+        module: forward `(images, targets) -> (logits, {term: loss})` with a `.student` attribute.
+        param_groups: optimizer groups, each with an optional "lr_scale" (e.g. a smaller rate for a
+            pretrained backbone); default: every parameter that requires grad, at `schedule.lr`.
+        resume_path: where the end-of-epoch state is written; with `resume=True` training continues
+            from it when it exists.
+        skip_nonfinite: skip (and count) steps whose loss is NaN/inf instead of stopping the run.
+    """
+    device = torch.device(device)
+    module.to(device)
+    groups = param_groups or [{"params": [p for p in module.parameters() if p.requires_grad]}]
+    for g in groups:
+        g.setdefault("lr_scale", 1.0)
+        g["lr"] = schedule.lr * g["lr_scale"]
+    optimizer = schedule.make_optimizer(groups)
+    history: list[dict[str, Any]] = []
+    start = 0
+    resume_path = Path(resume_path) if resume_path else None
+    if resume and resume_path and resume_path.exists():
+        state = safe_load(resume_path)
+        for key, part in _trainable(module).items():
+            part.load_state_dict(state[key])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+        history, start = state["history"], state["epoch"]
+        if progress and start < schedule.epochs:
+            tqdm.write(f"{desc}: resuming after epoch {start}/{schedule.epochs} from {resume_path}")
+    else:
+        torch.manual_seed(seed)
+        random.seed(seed)
+
+    for epoch in range(start, schedule.epochs):
+        record = _train_epoch(module, train_data, schedule, optimizer, epoch, device=device, seed=seed,
+                              num_workers=num_workers, skip_nonfinite=skip_nonfinite, desc=desc,
+                              progress=progress)
+        if val_data is not None:
+            record["val_accuracy"] = evaluate(module.student, val_data, device)["accuracy"]
+        history.append(record)
+        if resume_path:
+            atomic_save({"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "rng": _rng_state(),
+                         "history": history,
+                         **{k: p.state_dict() for k, p in _trainable(module).items()}}, resume_path)
+        if on_epoch:
+            on_epoch(record)
+        if progress:
+            tqdm.write(_format_record(desc, record, schedule.epochs))
+    module.eval()
+    return history
+
+
+def _train_epoch(module: nn.Module, data: Dataset, schedule: Schedule, optimizer: torch.optim.Optimizer,
+                 epoch: int, *, device: torch.device, seed: int, num_workers: int,
+                 skip_nonfinite: bool, desc: str, progress: bool) -> dict[str, Any]:
+    module.train()
+    loader = make_loader(data, schedule.batch_size, shuffle=True, seed=seed, epoch=epoch,
+                         num_workers=num_workers, device=device)
+    sums: dict[str, float] = {}
+    correct = seen = skipped = 0
+    started = time.perf_counter()
+    bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{schedule.epochs}", leave=False,
+               disable=None if progress else True, dynamic_ncols=True)
+    for step, (images, targets) in enumerate(bar):
+        factor = schedule.lr_factor(epoch + step / max(len(loader), 1))
+        for g in optimizer.param_groups:
+            g["lr"] = schedule.lr * g["lr_scale"] * factor
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        logits, losses = module(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            bad = next((k for k, v in losses.items() if not torch.isfinite(v)), "total")
+            if not skip_nonfinite:
+                raise DistillError(f"{desc}: loss term {bad!r} became {losses[bad].item() if bad in losses else loss.item()} "
+                                   f"at epoch {epoch + 1}, step {step + 1}; the last good checkpoint is "
+                                   "kept. Expected finite losses: lower the learning rate or this term's "
+                                   "weight, or allow skipping with skip_nonfinite")
+            skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = targets.numel()
+        seen += n
+        correct += (logits.detach().argmax(1) == targets).sum().item()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * n
+        sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
+        if progress and step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    record: dict[str, Any] = {"phase": desc, "epoch": epoch + 1,
+                              "lr": schedule.lr * schedule.lr_factor(epoch + 1 - 1e-9)}
+    record.update({k: v / max(seen, 1) for k, v in sums.items()})
+    record["train_accuracy"] = correct / max(seen, 1)
+    record["skipped_steps"] = skipped
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+def _format_record(desc: str, r: dict[str, Any], epochs: int) -> str:
+    parts = [f"{desc} epoch {r['epoch']}/{epochs}", f"loss {r.get('loss', float('nan')):.4f}",
+             f"train_acc {r['train_accuracy']:.4f}"]
+    if "val_accuracy" in r:
+        parts.append(f"val_acc {r['val_accuracy']:.4f}")
+    if r.get("skipped_steps"):
+        parts.append(f"skipped {r['skipped_steps']}")
+    parts.append(f"{r['seconds']:.1f}s")
+    return "  ".join(parts)
