@@ -6,6 +6,7 @@ of the phase it was in. The layers below take plain arguments; only this module 
 """
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import io
@@ -18,14 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .distiller import Distiller, Term
 from .errors import DistillError
 from .losses import build_loss
-from .models import ModelCard, atomic_save, load_checkpoint, save_checkpoint
+from .models import ModelCard, load_checkpoint, save_checkpoint
 from .models.checkpoint import safe_load
 from .models.stats import count_macs, count_params
 from .recipe import Recipe, to_toml
-from .train import Supervised, evaluate, fit, resolve_device
+from .train import Schedule, Speed, Supervised, evaluate, fit, resolve_device
 
 
 class RunDir:
@@ -76,8 +78,11 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, resume: bool = 
     """Run every phase the recipe asks for; returns metrics.json's content."""
     from .data import load_data
 
+    distributed.init_from_env()
     run = RunDir(out or recipe.out or Path("runs") / recipe.name)
-    run.prepare(to_toml(recipe), resume)
+    if distributed.is_main():
+        run.prepare(to_toml(recipe), resume)
+    distributed.barrier()
     dev = resolve_device(device or recipe.device)
     d = recipe.data
     data = load_data(d.name, root=data_root or d.root, path=d.path, val_fraction=d.val_fraction,
@@ -155,6 +160,8 @@ class _Context:
         self.write_metrics()
 
     def write_metrics(self) -> None:
+        if not distributed.is_main():
+            return
         _atomic_write_text(self.run.metrics, json.dumps(self.metrics, indent=2) + "\n")
         keys: list[str] = []
         for r in self.history:
@@ -175,15 +182,38 @@ class _Context:
             safe_load(path)["extra"].get("history", [])
         return model.to(self.device)
 
-    def train(self, role: str, module: nn.Module, spec, **kwargs: Any) -> list[dict[str, Any]]:
-        return fit(module, self.data.train, spec.schedule(), val_data=self.data.val, device=self.device,
-                   seed=self.recipe.seed, resume_path=self.run.resume_file(role), resume=True,
-                   num_workers=self.recipe.data.num_workers, desc=role, progress=self.progress,
-                   **kwargs)
+    def speed(self) -> Speed:
+        s = self.recipe.speed
+        return Speed(amp=s.amp, channels_last=s.channels_last, compile=s.compile,
+                     num_workers=self.recipe.data.num_workers)
+
+    def train(self, role: str, module: nn.Module, spec, data=None, **kwargs: Any) -> list[dict[str, Any]]:
+        return fit(module, data or self.data.train, spec.schedule(), val_data=self.data.val,
+                   device=self.device, seed=self.recipe.seed, resume_path=self.run.resume_file(role),
+                   resume=True, speed=self.speed(), desc=role, progress=self.progress, **kwargs)
+
+    def cached_train_data(self, teacher: nn.Module, terms: list[Term]):
+        """The training set with the teacher's outputs read from the run's cache."""
+        from .cache import CachedTeacherDataset, TeacherCache
+        d = self.recipe.distill
+        started = time.perf_counter()
+        if not distributed.is_main():  # rank 0 writes the cache, the others then open it
+            distributed.barrier()
+        cache = TeacherCache.build(teacher, self.data.train, [p for t in terms for p in (t.teacher,)],
+                                   self.run.path / "teacher_cache", views=d.cache_views, seed=self.recipe.seed,
+                                   dtype=d.cache_dtype, device=self.device,
+                                   num_workers=self.recipe.data.num_workers, progress=self.progress)
+        if distributed.is_main():
+            distributed.barrier()
+        self.metrics["teacher_cache"] = {"bytes": cache.nbytes(), "views": cache.views, "dtype": d.cache_dtype,
+                                         "seconds": round(time.perf_counter() - started, 1)}
+        return CachedTeacherDataset(self.data.train, cache)
 
     def save(self, role: str, model: nn.Module, history: list[dict[str, Any]], card: ModelCard) -> None:
-        save_checkpoint(self.run.checkpoint(role), model, card, extra={"history": history})
-        self.run.resume_file(role).unlink(missing_ok=True)
+        if distributed.is_main():
+            save_checkpoint(self.run.checkpoint(role), model, card, extra={"history": history})
+            self.run.resume_file(role).unlink(missing_ok=True)
+        distributed.barrier()
 
     # ----------------------------------------------------------------- phases
     def teacher(self) -> nn.Module:
@@ -220,8 +250,7 @@ class _Context:
                                 finetune_from=spec.finetune_from, backbone_lr_scale=spec.backbone_lr_scale,
                                 device=self.device, seed=self.recipe.seed,
                                 resume_path=self.run.resume_file("teacher"), resume=True,
-                                num_workers=self.recipe.data.num_workers, desc="teacher",
-                                progress=self.progress)
+                                speed=self.speed(), desc="teacher", progress=self.progress)
         return model, history, {"strategy": decision.strategy, "strategy_reason": decision.reason}
 
     def distilled_student(self, teacher: nn.Module) -> nn.Module:
@@ -229,9 +258,11 @@ class _Context:
         if done is not None:
             return done
         student = self.build("student", self.recipe.student.weights)
-        distiller = Distiller(teacher, student, self.terms(), self.data.input_shape,
+        terms = self.terms()
+        distiller = Distiller(teacher, student, terms, self.data.input_shape,
                               ce_weight=self.recipe.distill.ce_weight)
-        history = self.train("student", distiller, self.recipe.student)
+        data = self.cached_train_data(teacher, terms) if self.recipe.distill.cache else None
+        history = self.train("student", distiller, self.recipe.student, data=data)
         self.save("student", student, history, self.card("student"))
         self.record("student", student, history, connectors=sorted(distiller.connectors))
         return student
@@ -246,13 +277,76 @@ class _Context:
         self.record("baseline", model, history)
         return model
 
+    def first_batch(self, dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `n` (image, label) pairs of a dataset as two tensors."""
+        items = [dataset[i] for i in range(min(n, len(dataset)))]
+        return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
     def pruned(self, student: nn.Module) -> nn.Module:
-        from .prune_phase import prune_and_recover
-        return prune_and_recover(self, student)
+        """Prune a copy of the distilled student to the MACs budget, then recover it, taught by the
+        unpruned student (KD, optional hints) or by plain fine-tuning."""
+        done = self.load_done("pruned")
+        if done is not None:
+            return done
+        from .losses import HintLoss, KDLoss
+        from .prune import prune_model
+        spec = self.recipe.prune
+        model = copy.deepcopy(student).cpu()
+        calibration = self.first_batch(self.data.train_eval, 64) if spec.importance == "taylor" else None
+        report = prune_model(model, torch.zeros(1, *self.data.input_shape), macs_ratio=spec.macs,
+                             importance=spec.importance, steps=spec.steps, calibration=calibration)
+        if self.progress:
+            print(report.summary())
+        after_pruning = evaluate(model, self.data.test, self.device)["accuracy"]
+        schedule = Schedule(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr)
+        if spec.recovery == "kd":
+            terms = [Term("kd", KDLoss(spec.temperature))]
+            terms += [Term(f"hint_{p}", HintLoss(), weight=spec.hint_weight, student=p, teacher=p)
+                      for p in spec.hint_layers]
+            module: nn.Module = Distiller(student.eval(), model, terms, self.data.input_shape,
+                                          ce_weight=self.recipe.distill.ce_weight)
+        else:
+            module = Supervised(model)
+        history = fit(module, self.data.train, schedule, val_data=self.data.val, device=self.device,
+                      seed=self.recipe.seed, resume_path=self.run.resume_file("pruned"), resume=True,
+                      speed=self.speed(), desc="pruned", progress=self.progress)
+        card = dataclasses.replace(self.card("student"), pruned=True)
+        self.save("pruned", model, history, card)
+        self.record("pruned", model, history, recovery=spec.recovery, macs_target=spec.macs,
+                    macs_ratio=report.ratio, accuracy_after_pruning=after_pruning)
+        return model
 
     def export_and_bench(self) -> None:
-        from .deploy_phase import export_and_bench
-        export_and_bench(self)
+        """student.onnx (verified on a real test batch, + int8), then bench.json/md/png of the run."""
+        from .bench import benchmark, write_report
+        from .export import export_onnx, quantize_int8
+        spec = self.recipe.export
+        onnx_files = {}
+        if spec.enabled and distributed.is_main():
+            for role in ("student", "pruned"):
+                if role not in self.metrics or not self.run.checkpoint(role).exists():
+                    continue
+                model, card = load_checkpoint(self.run.checkpoint(role))
+                sample, _ = self.first_batch(self.data.test, 32)
+                path = self.run.path / f"{role}.onnx"
+                report = export_onnx(model, card, path, sample=sample, atol=spec.atol)
+                self.metrics.setdefault("export", {})[role] = {
+                    "file": path.name, "bytes": report.size_bytes, "max_abs_diff": report.max_abs_diff}
+                onnx_files[role] = path
+                if spec.int8:
+                    calibration, _ = self.first_batch(self.data.train_eval, spec.calibration_images)
+                    onnx_files[f"{role}.int8"] = quantize_int8(path, self.run.path / f"{role}.int8.onnx", calibration)
+                if self.progress:
+                    print(report.summary())
+        if self.recipe.bench.enabled and distributed.is_main():
+            artifacts = {r: self.run.checkpoint(r) for r in ("teacher", "student", "baseline", "pruned")
+                         if r in self.metrics and self.run.checkpoint(r).exists()}
+            artifacts.update({f"{name}.onnx": path for name, path in onnx_files.items()})
+            b = self.recipe.bench
+            result = benchmark(artifacts, teacher="teacher", batch_sizes=(1, b.batch_size), rounds=b.rounds,
+                               data=self.data.test, progress=self.progress)
+            write_report(result, self.run.path)
+            self.metrics["bench"] = {"file": "bench.json", "teacher_runtime": result.teacher_runtime}
 
 
 # --------------------------------------------------------------------------- summary

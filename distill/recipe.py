@@ -88,6 +88,18 @@ class TermSpec:
 class DistillSpec:
     ce_weight: float = 1.0
     terms: list[TermSpec] = field(default_factory=lambda: [TermSpec(loss="kd")])
+    cache: bool = False               # run the teacher once per sample/view (see distill.cache)
+    cache_views: int = 1              # fixed augmented views per sample; epoch e uses view e mod K
+    cache_dtype: str = "float16"      # float16 | float32 (bit-exact)
+
+
+@dataclass
+class SpeedSpec:
+    """Fast paths (see distill.train.Speed)."""
+
+    amp: str | None = None            # bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -121,6 +133,9 @@ class PruneSpec:
     importance: str = "magnitude"
     steps: int = 5
     recovery: str = "kd"              # kd | finetune
+    temperature: float = 4.0          # of the recovery KD term
+    hint_layers: list[str] = field(default_factory=list)   # extra hint terms, same path in both
+    hint_weight: float = 1.0
     epochs: int = 5
     lr: float = 0.01
     batch_size: int = 64
@@ -137,6 +152,7 @@ class Recipe:
     teacher: ModelSpec = field(default_factory=ModelSpec)
     student: ModelSpec = field(default_factory=ModelSpec)
     distill: DistillSpec = field(default_factory=DistillSpec)
+    speed: SpeedSpec = field(default_factory=SpeedSpec)
     baseline: BaselineSpec = field(default_factory=BaselineSpec)
     prune: PruneSpec = field(default_factory=PruneSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
@@ -352,6 +368,11 @@ def _check(r: Recipe) -> None:
         names.add(name)
         term.name = name
         _check_loss_options(term, where)
+    _positive(r.distill.cache_views, "distill.cache_views", integer=True)
+    if r.distill.cache_dtype not in ("float16", "float32"):
+        raise DistillError(f"distill.cache_dtype: expected float16 or float32, got {r.distill.cache_dtype!r}")
+    if r.speed.amp not in (None, "bf16", "fp16"):
+        raise DistillError(f"speed.amp: expected bf16 or fp16 (or no key), got {r.speed.amp!r}")
     if not 0 < r.prune.macs < 1:
         raise DistillError(f"prune.macs: expected the fraction of MACs to keep, in (0, 1), got {r.prune.macs!r}")
     if r.prune.recovery not in ("kd", "finetune"):

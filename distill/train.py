@@ -8,6 +8,7 @@ complete epoch, and on CPU in deterministic mode ends with exactly the weights o
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from . import distributed
 from .errors import DistillError
 from .models import atomic_save, safe_load
 
@@ -147,25 +149,60 @@ def _trainable(module: nn.Module) -> dict[str, nn.Module]:
     return parts
 
 
+@dataclass
+class Speed:
+    """Fast paths for training: mixed precision, memory layout, compilation, loader workers."""
+
+    amp: str | None = None          # None | "bf16" | "fp16" (autocast; fp16 uses a GradScaler on CUDA)
+    channels_last: bool = False     # NHWC memory layout for conv nets (faster on GPUs and oneDNN)
+    compile: bool = False           # torch.compile the training module
+    num_workers: int = 0
+
+    AMP = ("bf16", "fp16")
+
+    def __post_init__(self) -> None:
+        if self.amp not in (None, *self.AMP):
+            raise DistillError(f"amp must be bf16 or fp16 (or unset), got {self.amp!r}")
+        if self.num_workers < 0:
+            raise DistillError(f"num_workers must be >= 0, got {self.num_workers!r}")
+
+    def autocast(self, device: torch.device):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def fit(module: nn.Module, train_data: Dataset, schedule: Schedule, *,
         val_data: Dataset | None = None, device: torch.device | str = "cpu", seed: int = 0,
         resume_path: str | Path | None = None, resume: bool = False,
         param_groups: list[dict[str, Any]] | None = None, num_workers: int = 0,
-        skip_nonfinite: bool = False, desc: str = "train",
+        speed: Speed | None = None, skip_nonfinite: bool = False, desc: str = "train",
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
         progress: bool = True) -> list[dict[str, Any]]:
     """Train `module` for `schedule.epochs` epochs; returns the per-epoch history.
 
     Args:
         module: forward `(images, targets) -> (logits, {term: loss})` with a `.student` attribute.
+            Batches of three items `(images, targets, teacher_outputs)` (from a TeacherCache) pass
+            the third as `teacher_outputs=`.
         param_groups: optimizer groups, each with an optional "lr_scale" (e.g. a smaller rate for a
             pretrained backbone); default: every parameter that requires grad, at `schedule.lr`.
         resume_path: where the end-of-epoch state is written; with `resume=True` training continues
             from it when it exists.
+        speed: mixed precision, channels_last, torch.compile, loader workers.
         skip_nonfinite: skip (and count) steps whose loss is NaN/inf instead of stopping the run.
+
+    Under torchrun (see distill.distributed) the module is wrapped in DistributedDataParallel,
+    each process sees its shard of every epoch, and only rank 0 writes the resume file and prints.
     """
-    device = torch.device(device)
+    speed = speed or Speed(num_workers=num_workers)
+    distributed.init_from_env()
+    device = distributed.device_for_rank(torch.device(device))
+    progress = progress and distributed.is_main()
     module.to(device)
+    if speed.channels_last:
+        module.to(memory_format=torch.channels_last)
     groups = param_groups or [{"params": [p for p in module.parameters() if p.requires_grad]}]
     for g in groups:
         g.setdefault("lr_scale", 1.0)
@@ -186,18 +223,30 @@ def fit(module: nn.Module, train_data: Dataset, schedule: Schedule, *,
     else:
         torch.manual_seed(seed)
         random.seed(seed)
+    step_module = module
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+        step_module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    if speed.compile:
+        step_module = torch.compile(step_module)
+    scaler = torch.amp.GradScaler(device.type, enabled=speed.amp == "fp16" and device.type == "cuda")
 
     for epoch in range(start, schedule.epochs):
-        record = _train_epoch(module, train_data, schedule, optimizer, epoch, device=device, seed=seed,
-                              num_workers=num_workers, skip_nonfinite=skip_nonfinite, desc=desc,
+        if hasattr(train_data, "set_epoch"):
+            train_data.set_epoch(epoch)
+        record = _train_epoch(step_module, train_data, schedule, optimizer, epoch, device=device, seed=seed,
+                              speed=speed, scaler=scaler, skip_nonfinite=skip_nonfinite, desc=desc,
                               progress=progress)
+        for part in _trainable(module).values():
+            distributed.sync_buffers(part)
         if val_data is not None:
             record["val_accuracy"] = evaluate(module.student, val_data, device)["accuracy"]
         history.append(record)
-        if resume_path:
+        if resume_path and distributed.is_main():
             atomic_save({"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "rng": _rng_state(),
                          "history": history,
                          **{k: p.state_dict() for k, p in _trainable(module).items()}}, resume_path)
+        distributed.barrier()
         if on_epoch:
             on_epoch(record)
         if progress:
@@ -206,38 +255,56 @@ def fit(module: nn.Module, train_data: Dataset, schedule: Schedule, *,
     return history
 
 
+def _loader(data: Dataset, schedule: Schedule, epoch: int, seed: int, speed: Speed,
+            device: torch.device) -> DataLoader:
+    if not distributed.active():
+        return make_loader(data, schedule.batch_size, shuffle=True, seed=seed, epoch=epoch,
+                           num_workers=speed.num_workers, device=device)
+    from torch.utils.data.distributed import DistributedSampler
+    sampler = DistributedSampler(data, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return DataLoader(data, batch_size=schedule.batch_size, sampler=sampler, num_workers=speed.num_workers,
+                      pin_memory=device.type == "cuda")
+
+
 def _train_epoch(module: nn.Module, data: Dataset, schedule: Schedule, optimizer: torch.optim.Optimizer,
-                 epoch: int, *, device: torch.device, seed: int, num_workers: int,
+                 epoch: int, *, device: torch.device, seed: int, speed: Speed, scaler,
                  skip_nonfinite: bool, desc: str, progress: bool) -> dict[str, Any]:
     module.train()
-    loader = make_loader(data, schedule.batch_size, shuffle=True, seed=seed, epoch=epoch,
-                         num_workers=num_workers, device=device)
+    loader = _loader(data, schedule, epoch, seed, speed, device)
     sums: dict[str, float] = {}
     correct = seen = skipped = 0
     started = time.perf_counter()
     bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{schedule.epochs}", leave=False,
                disable=None if progress else True, dynamic_ncols=True)
-    for step, (images, targets) in enumerate(bar):
+    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
+    for step, batch in enumerate(bar):
         factor = schedule.lr_factor(epoch + step / max(len(loader), 1))
         for g in optimizer.param_groups:
             g["lr"] = schedule.lr * g["lr_scale"] * factor
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        logits, losses = module(images, targets)
-        loss = sum(losses.values())
+        images = batch[0].to(device, non_blocking=True, memory_format=memory_format)
+        targets = batch[1].to(device, non_blocking=True)
+        kwargs = {}
+        if len(batch) > 2:
+            kwargs["teacher_outputs"] = {k: v.to(device, non_blocking=True) for k, v in batch[2].items()}
+        with speed.autocast(device):
+            logits, losses = module(images, targets, **kwargs)
+            loss = sum(losses.values())
         if not torch.isfinite(loss):
             bad = next((k for k, v in losses.items() if not torch.isfinite(v)), "total")
             if not skip_nonfinite:
-                raise DistillError(f"{desc}: loss term {bad!r} became {losses[bad].item() if bad in losses else loss.item()} "
-                                   f"at epoch {epoch + 1}, step {step + 1}; the last good checkpoint is "
-                                   "kept. Expected finite losses: lower the learning rate or this term's "
-                                   "weight, or allow skipping with skip_nonfinite")
+                value = losses[bad].item() if bad in losses else loss.item()
+                raise DistillError(f"{desc}: loss term {bad!r} became {value} at epoch {epoch + 1}, step "
+                                   f"{step + 1}; the last good checkpoint is kept. Expected finite losses: "
+                                   "lower the learning rate or this term's weight, or allow skipping "
+                                   "with skip_nonfinite")
             skipped += 1
             optimizer.zero_grad(set_to_none=True)
             continue
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         n = targets.numel()
         seen += n
         correct += (logits.detach().argmax(1) == targets).sum().item()

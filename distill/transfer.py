@@ -150,7 +150,7 @@ def _train_head_on_codes(model: nn.Module, train: Dataset, val: Dataset | None, 
         raise DistillError(f"feature extraction needs a linear head; {type(model).__name__}'s head "
                            f"takes {tuple(codes.shape[1:])}; expected strategy finetune or full")
     val_codes = TensorDataset(*cnn_codes(model, val, device)) if val is not None else None
-    fit_kwargs.pop("num_workers", None)
+    fit_kwargs.pop("speed", None)  # features are in memory: no workers, no image layout
     history = fit(Supervised(head), TensorDataset(codes, labels), schedule, val_data=val_codes,
                   **fit_kwargs)
     model.eval()

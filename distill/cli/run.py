@@ -1,6 +1,9 @@
 """`distill run`, `distill recipes` and `distill models`."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -37,8 +40,10 @@ def find_recipe(name: str) -> Path:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train (default: the recipe's device, auto).")
 @click.option("--data-root", type=click.Path(), default=None, help="Folder with <dataset>.npz files (default: $DISTILL_DATA, else ~/.cache/distill/data).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with N processes (DistributedDataParallel): reruns itself under torchrun.")
 def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, device: str | None,
-        data_root: str | None, quiet: bool) -> None:
+        data_root: str | None, quiet: bool, nproc: int) -> None:
     """Train a teacher, distil it into a student, train the student alone as a baseline,
     and print what distillation bought.
 
@@ -50,20 +55,42 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
       distill run quickstart --set student.epochs=2 --out runs/try
       DISTILL_DATA=~/data distill run recipes/mnist_hinton.toml --set teacher.epochs=1
       distill run recipes/mnist_hinton.toml --resume        # after an interruption
+      distill run recipes/cifar10_vgg13_vgg8.toml --nproc 4  # 4 processes, DDP
+      torchrun --nproc_per_node=4 -m distill run recipes/cifar10_vgg13_vgg8.toml   # the same
 
     The run directory holds recipe.toml (resolved), teacher.pt, student.pt, baseline.pt,
     history.csv and metrics.json.
     """
+    from .. import distributed
     from ..pipeline import run_recipe, summary_table
     from ..recipe import load_recipe
 
     path = find_recipe(recipe)
-    parsed = load_recipe(path, list(overrides))
+    parsed = load_recipe(path, list(overrides))  # validate before starting processes
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        sys.exit(_relaunch_under_torchrun(nproc))
     metrics = run_recipe(parsed, out=out, resume=resume, device=device, data_root=data_root,
                          progress=not quiet)
+    if not distributed.is_main():
+        return
     click.echo("")
     click.echo(summary_table(metrics))
     click.echo(f"run directory: {out or parsed.out or Path('runs') / parsed.name}")
+
+
+def _relaunch_under_torchrun(nproc: int) -> int:
+    """Run this same command in `nproc` processes with torchrun; returns its exit code."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "distill", *args]
+    return subprocess.call(command)
 
 
 @click.command()

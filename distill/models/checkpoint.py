@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import DistillError
+from .structure import capture_structure, restore_structure
 
 FORMAT = "distill-checkpoint/1"
 
@@ -34,7 +35,7 @@ class ModelCard:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     class_names: list[str] | None = None
-    pruned: bool = False  # structure differs from `arch`: rebuilt with torch-pruning's state dict
+    pruned: bool = False  # sizes differ from `arch`: the checkpoint's "structure" re-applies them
 
     def build(self) -> nn.Module:
         """A freshly initialised model of this card's architecture (unpruned)."""
@@ -93,13 +94,10 @@ def safe_load(path: str | os.PathLike) -> Any:
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, card: ModelCard,
                     extra: dict[str, Any] | None = None) -> None:
     """Write `model` with its card; `extra` holds small metadata (metrics, recipe section, ...)."""
+    ckpt = {"format": FORMAT, "card": card.to_dict(), "state_dict": model.state_dict(), "extra": extra or {}}
     if card.pruned:
-        import torch_pruning as tp
-        state = tp.state_dict(model)
-    else:
-        state = model.state_dict()
-    atomic_save({"format": FORMAT, "card": card.to_dict(), "state_dict": state,
-                 "extra": extra or {}}, path)
+        ckpt["structure"] = capture_structure(model)
+    atomic_save(ckpt, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ModelCard]:
@@ -112,10 +110,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ModelCard]:
     model = card.build()
     try:
         if card.pruned:
-            import torch_pruning as tp
-            tp.load_state_dict(model, state_dict=ckpt["state_dict"])
-        else:
-            model.load_state_dict(ckpt["state_dict"])
+            restore_structure(model, ckpt["structure"])
+        model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError) as e:
         raise DistillError(f"checkpoint {path} does not match architecture {card.arch!r}: "
                            f"{str(e).splitlines()[0][:200]}") from e

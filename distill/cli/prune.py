@@ -1,0 +1,81 @@
+"""`distill prune`: remove channels from a checkpoint's model until it costs a given share of MACs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import DistillError
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--macs", "macs_ratio", type=float, default=0.5, show_default=True,
+              help="Fraction of the original MACs to keep, between 0 and 1 (0.5 = half).")
+@click.option("--importance", default="magnitude", show_default=True,
+              help="How channels are ranked: magnitude, taylor (needs data, see --data) or lamp.")
+@click.option("--steps", type=int, default=5, show_default=True,
+              help="Prune in this many rounds, re-ranking channels between them.")
+@click.option("--round-to", type=int, default=8, show_default=True,
+              help="Keep channel counts multiples of this (1 = any count).")
+@click.option("--data", "dataset", default=None,
+              help="Dataset for taylor's calibration batch (e.g. cifar10); without it, random inputs.")
+@click.option("--data-root", type=click.Path(), default=None,
+              help="Folder with <dataset>.npz files (default: $DISTILL_DATA, else ~/.cache/distill/data).")
+@click.option("--batch", type=int, default=64, show_default=True, help="Calibration batch size for taylor.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the pruned checkpoint (default: CHECKPOINT with a .pruned.pt suffix).")
+def prune(checkpoint: str, macs_ratio: float, importance: str, steps: int, round_to: int,
+          dataset: str | None, data_root: str | None, batch: int, output: str | None) -> None:
+    """Prune whole channels from CHECKPOINT's model (structured pruning with torch-pruning) until
+    its MACs are --macs of the original, and save a smaller model that loads like any checkpoint.
+
+    \b
+    Examples:
+      distill prune runs/quickstart/student.pt --macs 0.5 -o student-half.pt
+      distill prune teacher.pt --macs 0.3 --importance taylor --data cifar10 --steps 10
+
+    Prune, then fine-tune (distil from the unpruned model) to win back accuracy.
+    """
+    from ..prune import check_arguments, prune_checkpoint
+
+    check_arguments(macs_ratio, importance, steps, round_to)
+    out = Path(output) if output else Path(checkpoint).with_suffix(".pruned.pt")
+    calibration = None
+    if importance == "taylor":
+        calibration = _calibration_batch(checkpoint, dataset, data_root, batch)
+    elif dataset:
+        click.echo(f"warning: --data is only used by taylor importance, not {importance}", err=True)
+    report = prune_checkpoint(checkpoint, out, macs_ratio=macs_ratio, importance=importance,
+                              steps=steps, round_to=round_to, calibration=calibration, latency=True)
+    click.echo(report.summary())
+    click.echo(f"wrote {out}")
+
+
+def _calibration_batch(checkpoint: str, dataset: str | None, data_root: str | None, size: int):
+    """(inputs, labels) for Taylor importance: real images when --data names a dataset."""
+    import torch
+
+    from ..models import load_checkpoint
+
+    if size < 1:
+        raise DistillError(f"--batch must be at least 1, got {size}")
+    model, card = load_checkpoint(checkpoint)
+    if dataset is None:
+        click.echo("warning: taylor importance on random inputs labelled by the model itself; pass "
+                   "--data NAME to rank channels on real images", err=True)
+        x = torch.randn(size, *card.input_shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return x, model(x).argmax(1)
+    from torch.utils.data import DataLoader
+
+    from ..data import load_data
+
+    channels, height, width = card.input_shape
+    bundle = load_data(dataset, root=data_root, augment=False, train_limit=size, channels=channels,
+                       image_size=height if height == width else None, mean=card.mean, std=card.std)
+    if tuple(bundle.input_shape) != tuple(card.input_shape) or bundle.num_classes != card.num_classes:
+        raise DistillError(f"dataset {dataset!r} gives {bundle.num_classes} classes of shape "
+                           f"{tuple(bundle.input_shape)}; expected {card.num_classes} classes of shape "
+                           f"{tuple(card.input_shape)} like the checkpoint's model")
+    return next(iter(DataLoader(bundle.train, batch_size=size)))
