@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -97,8 +98,8 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, resume: bool = 
     student = ctx.distilled_student(teacher)
     if recipe.baseline.enabled:
         ctx.baseline()
-        points = 100 * (ctx.metrics["student"]["test_accuracy"] - ctx.metrics["baseline"]["test_accuracy"])
-        ctx.metrics["gain"] = {"accuracy_points": round(points, 3), "negative_transfer": points < 0}
+        ctx.metrics["gain"] = distillation_gain(ctx.metrics["student"]["test_accuracy"],
+                                                ctx.metrics["baseline"]["test_accuracy"], len(data.test))
     if recipe.prune.enabled:
         ctx.pruned(student)
     if recipe.export.enabled or recipe.bench.enabled:
@@ -190,7 +191,8 @@ class _Context:
     def train(self, role: str, module: nn.Module, spec, data=None, **kwargs: Any) -> list[dict[str, Any]]:
         return fit(module, data or self.data.train, spec.schedule(), val_data=self.data.val,
                    device=self.device, seed=self.recipe.seed, resume_path=self.run.resume_file(role),
-                   resume=True, speed=self.speed(), desc=role, progress=self.progress, **kwargs)
+                   resume=True, speed=self.speed(), skip_nonfinite=self.recipe.skip_nonfinite, desc=role,
+                   progress=self.progress, **kwargs)
 
     def cached_train_data(self, teacher: nn.Module, terms: list[Term]):
         """The training set with the teacher's outputs read from the run's cache."""
@@ -250,7 +252,8 @@ class _Context:
                                 finetune_from=spec.finetune_from, backbone_lr_scale=spec.backbone_lr_scale,
                                 device=self.device, seed=self.recipe.seed,
                                 resume_path=self.run.resume_file("teacher"), resume=True,
-                                speed=self.speed(), desc="teacher", progress=self.progress)
+                                speed=self.speed(), skip_nonfinite=self.recipe.skip_nonfinite,
+                                desc="teacher", progress=self.progress)
         return model, history, {"strategy": decision.strategy, "strategy_reason": decision.reason}
 
     def distilled_student(self, teacher: nn.Module) -> nn.Module:
@@ -309,7 +312,8 @@ class _Context:
             module = Supervised(model)
         history = fit(module, self.data.train, schedule, val_data=self.data.val, device=self.device,
                       seed=self.recipe.seed, resume_path=self.run.resume_file("pruned"), resume=True,
-                      speed=self.speed(), desc="pruned", progress=self.progress)
+                      speed=self.speed(), skip_nonfinite=self.recipe.skip_nonfinite, desc="pruned",
+                      progress=self.progress)
         card = dataclasses.replace(self.card("student"), pruned=True)
         self.save("pruned", model, history, card)
         self.record("pruned", model, history, recovery=spec.recovery, macs_target=spec.macs,
@@ -351,6 +355,18 @@ class _Context:
 
 # --------------------------------------------------------------------------- summary
 
+def distillation_gain(student: float, baseline: float, n_test: int) -> dict[str, Any]:
+    """Student minus baseline accuracy, in points, with the 95% band of test-set sampling noise.
+
+    The band is 1.96 standard errors of the difference of two accuracies measured on `n_test`
+    images: a gain inside it could be luck of the test sample, and the summary says so.
+    """
+    se = math.sqrt((student * (1 - student) + baseline * (1 - baseline)) / max(n_test, 1))
+    points, band = 100 * (student - baseline), 100 * 1.96 * se
+    return {"accuracy_points": round(points, 3), "noise_band_points": round(band, 3),
+            "significant": abs(points) > band, "negative_transfer": points < 0}
+
+
 def summary_table(metrics: dict[str, Any]) -> str:
     """The end-of-run table: accuracy, params and MACs per model, and what distillation bought."""
     rows = [r for r in ("teacher", "student", "baseline", "pruned") if r in metrics]
@@ -365,11 +381,20 @@ def summary_table(metrics: dict[str, Any]) -> str:
                      f"{t['macs'] / max(s['macs'], 1):.1f}x fewer MACs than the teacher")
     if "gain" in metrics:
         g = metrics["gain"]
+        noise = (f" (95% noise band of the {metrics['data']['test']} test images: "
+                 f"+-{g['noise_band_points']:.2f} points; {'significant' if g['significant'] else 'not significant'})")
         if g["accuracy_points"] < 0:
             lines.append(f"WARNING: negative transfer: the distilled student is {-g['accuracy_points']:.2f} "
-                         "points WORSE than the same student trained on labels alone")
+                         f"points WORSE than the same student trained on labels alone{noise}")
         else:
-            lines.append(f"distillation gain over the baseline: {g['accuracy_points']:+.2f} points")
+            lines.append(f"distillation gain over the baseline: {g['accuracy_points']:+.2f} points{noise}")
+    if "pruned" in metrics:
+        p = metrics["pruned"]
+        lines.append(f"pruned student: {100 * p['macs_ratio']:.0f}% of the student's MACs (target "
+                     f"{100 * p['macs_target']:.0f}%), accuracy {p['accuracy_after_pruning']:.4f} right after "
+                     f"pruning, {p['test_accuracy']:.4f} after recovery by {p['recovery']}")
+    if "bench" in metrics:
+        lines.append("latency, throughput and accuracy of every artefact: bench.md (plot: bench.png)")
     return "\n".join(lines)
 
 

@@ -148,6 +148,7 @@ class Recipe:
     seed: int = 0
     device: str = "auto"
     out: str | None = None            # run directory; default runs/<name>
+    skip_nonfinite: bool = False      # skip (and count) steps with a NaN/inf loss instead of stopping
     data: DataSpec = field(default_factory=DataSpec)
     teacher: ModelSpec = field(default_factory=ModelSpec)
     student: ModelSpec = field(default_factory=ModelSpec)

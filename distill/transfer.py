@@ -139,19 +139,30 @@ def adapt_teacher(model: nn.Module, strategy: str, train: Dataset, schedule: Sch
 
 def _train_head_on_codes(model: nn.Module, train: Dataset, val: Dataset | None, schedule: Schedule,
                          **fit_kwargs: Any) -> list[dict[str, Any]]:
+    """Train the head on standardised codes (well conditioned for SGD), then fold the
+    standardisation into the head's weights so the model takes raw images as before."""
     device = torch.device(fit_kwargs.get("device", "cpu"))
     for p in model.parameters():
         p.requires_grad_(False)
     _, head = last_layer(model)
-    for p in head.parameters():
-        p.requires_grad_(True)
     codes, labels = cnn_codes(model, train, device)
-    if codes.shape[1] != getattr(head, "in_features", codes.shape[1]):
+    if not isinstance(head, nn.Linear) or codes.shape[1] != head.in_features:
         raise DistillError(f"feature extraction needs a linear head; {type(model).__name__}'s head "
                            f"takes {tuple(codes.shape[1:])}; expected strategy finetune or full")
-    val_codes = TensorDataset(*cnn_codes(model, val, device)) if val is not None else None
+    mean, std = codes.mean(0), codes.std(0).clamp_min(1e-6)
+    standardise = lambda c: (c - mean) / std  # noqa: E731
+    scaled_head = nn.Linear(head.in_features, head.out_features)
+    val_codes = None
+    if val is not None:
+        val_x, val_y = cnn_codes(model, val, device)
+        val_codes = TensorDataset(standardise(val_x), val_y)
     fit_kwargs.pop("speed", None)  # features are in memory: no workers, no image layout
-    history = fit(Supervised(head), TensorDataset(codes, labels), schedule, val_data=val_codes,
-                  **fit_kwargs)
+    history = fit(Supervised(scaled_head), TensorDataset(standardise(codes), labels), schedule,
+                  val_data=val_codes, **fit_kwargs)
+    with torch.no_grad():  # W (x - m) / s + b  ==  (W / s) x + (b - W m / s)
+        weight = scaled_head.weight.cpu() / std
+        head.weight.copy_(weight)
+        if head.bias is not None:
+            head.bias.copy_(scaled_head.bias.cpu() - weight @ mean)
     model.eval()
     return history

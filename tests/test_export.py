@@ -141,3 +141,21 @@ def test_cli_export_writes_a_verified_file_and_reports_user_errors_on_one_line(t
         main(["export", str(tmp_path / "missing.pt")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+
+
+def test_onnx_student_predictions_agree_with_pytorch_on_at_least_999_per_mille_of_a_test_set(tmp_path):
+    from distill import Schedule, Supervised, fit
+    from distill.data import load_data
+    from distill.export import load_onnx, run_onnx
+
+    data = load_data("digits", augment=False)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", data.num_classes, data.input_shape, width=8)
+    fit(Supervised(model), data.train, Schedule(epochs=2), progress=False)
+    card = ModelCard("small_cnn", data.num_classes, data.input_shape, {"width": 8}, data.mean, data.std)
+    export_onnx(model, card, tmp_path / "s.onnx")
+    images = torch.stack([data.test[i][0] for i in range(len(data.test))])
+    with torch.no_grad():
+        torch_pred = model.eval()(images).argmax(1).numpy()
+    onnx_pred = run_onnx(load_onnx(tmp_path / "s.onnx"), images).argmax(1)
+    assert (torch_pred == onnx_pred).mean() >= 0.999

@@ -122,3 +122,20 @@ def test_kd_distillation_runs_end_to_end_with_val_accuracy_in_history():
     d = Distiller(model(1), model(2), [Term("kd", KDLoss())], SHAPE)
     history = fit(d, dataset(), Schedule(epochs=2, batch_size=32), val_data=dataset(32), progress=False)
     assert 0 <= history[-1]["val_accuracy"] <= 1 and "kd" in history[-1]
+
+
+def test_bf16_autocast_and_channels_last_train_a_conv_net_on_cpu():
+    from distill import Speed
+    torch.manual_seed(0)
+    net = build_model("small_cnn", 2, SHAPE, width=4)
+    history = fit(Supervised(net), dataset(), Schedule(epochs=3, batch_size=16, lr=0.1),
+                  speed=Speed(amp="bf16", channels_last=True), progress=False)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert net.stage1[0].weight.dtype == torch.float32, "autocast keeps float32 master weights"
+
+
+def test_unknown_amp_mode_is_refused():
+    from distill import Speed
+    with pytest.raises(DistillError, match="amp must be bf16 or fp16"):
+        Speed(amp="int4")

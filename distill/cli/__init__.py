@@ -28,10 +28,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        try:
-            module = importlib.import_module(f"{__name__}.{COMMANDS[name]}")
-        except ModuleNotFoundError:  # command not built yet
-            return None
+        module = importlib.import_module(f"{__name__}.{COMMANDS[name]}")
         return getattr(module, name.replace("-", "_"))
 
 
@@ -66,6 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # a bad option or argument: one line too, not click's usage block
+        if debug:
+            raise
+        command = e.ctx.command_path if e.ctx else "distill"
+        click.echo(f"error: {e.format_message()} `{command} --help` lists what is expected", err=True)
+        sys.exit(2)
     except click.ClickException as e:
         if debug:
             raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,14 +81,23 @@ def safe_load(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise DistillError(f"checkpoint {path} does not exist; expected a file written by distill or torch.save")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns before refusing a non-torch pickle: one line is enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        unsafe = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), None)
+        if unsafe is None:  # garbage bytes, or a pickle torch cannot even parse safely
+            raise _corrupt(path, e) from e
         raise DistillError(f"refusing to load {path}: it holds objects other than tensors and plain "
-                           f"data, which could run code when unpickled ({first[:160]})") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise DistillError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); "
-                           "expected a complete file written by torch.save") from e
+                           f"data, which could run code when unpickled ({unsafe[:160]}); expected "
+                           "weights saved as tensors and plain data") from e
+    except Exception as e:  # a truncated or foreign file fails in many ways, all of them "corrupt"
+        raise _corrupt(path, e) from e
+
+
+def _corrupt(path: Path, e: Exception) -> DistillError:
+    return DistillError(f"checkpoint {path} cannot be read: it is truncated, corrupt or not a torch file "
+                        f"({type(e).__name__}); expected a complete file written by torch.save")
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, card: ModelCard,
@@ -113,8 +122,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ModelCard]:
             restore_structure(model, ckpt["structure"])
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError) as e:
-        raise DistillError(f"checkpoint {path} does not match architecture {card.arch!r}: "
-                           f"{str(e).splitlines()[0][:200]}") from e
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
+        raise DistillError(f"checkpoint {path} does not match architecture {card.arch!r} ({detail[:200]}); "
+                           "expected the weights of the model its card describes") from e
     return model.eval(), card
 
 
