@@ -416,7 +416,7 @@ def write_report(result: BenchResult, out_dir: str | Path) -> dict[str, Path]:
     paths = {"json": out / "bench.json", "md": out / "bench.md", "png": out / "bench.png"}
     paths["json"].write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     m, s = result.machine, result.settings
-    md = [f"# distill bench", "",
+    md = ["# distill bench", "",
           f"- machine: {m['cpu']}, {m['physical_cores']} physical cores, {m['threads']} threads "
           f"(torch {m['torch']}, onnxruntime {m['onnxruntime']}, OMP_WAIT_POLICY={m['omp_wait_policy']}), "
           f"{m['date']}, load average {m['load_average']:.1f}",

@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
 
 import torch
 import torch_pruning as tp

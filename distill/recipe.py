@@ -256,7 +256,8 @@ def _build(cls: type, data: Any, path: str) -> Any:
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise DistillError(f"{_join(path, missing[0])} is required")
+        expected = {"loss": "a loss name (kd, dkd, hint, at, rkd, sp, pkt)"}.get(missing[0], "a value")
+        raise DistillError(f"{_join(path, missing[0])} is required; expected {expected}")
     return cls(**kwargs)
 
 
@@ -379,6 +380,10 @@ def _check(r: Recipe) -> None:
     if r.prune.recovery not in ("kd", "finetune"):
         raise DistillError(f"prune.recovery: expected kd or finetune, got {r.prune.recovery!r}")
     _positive(r.prune.epochs, "prune.epochs", integer=True)
+    _positive(r.prune.batch_size, "prune.batch_size", integer=True)
+    _positive(r.prune.steps, "prune.steps", integer=True)
+    _positive(r.prune.lr, "prune.lr")
+    _positive(r.prune.temperature, "prune.temperature")
     _positive(r.export.atol, "export.atol")
 
 

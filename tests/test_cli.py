@@ -109,7 +109,7 @@ def test_mnist_recipe_without_the_file_says_where_to_put_it(tmp_path, capsys):
     (["run", "recipes/nope.toml"], "not found"),
     (["run", "quickstart", "--set", "student.epochz=1"], "did you mean 'epochs'"),
     (["run", "quickstart", "--set", "student.epochs=0"], "student.epochs: expected a positive integer"),
-    (["run", "quickstart", "--set", "distill.terms.1.student=stage9"], "no layer 'stage9'"),
+    (["run", "quickstart", "--set", "distill.terms.0.student=stage9"], "no layer 'stage9'"),
     (["run", "quickstart", "--set", "teacher.model=resnet19"], "did you mean 'resnet18'"),
     (["run", "quickstart", "--device", "tpu"], "Invalid value for '--device'"),
     (["models", "--layers", "nosuchnet"], "unknown model 'nosuchnet'"),
