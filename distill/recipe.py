@@ -51,7 +51,7 @@ class ModelSpec:
     model: str = "small_cnn"
     options: dict[str, Any] = field(default_factory=dict)   # keyword arguments of the model
     weights: str | None = None        # torchvision weights name or checkpoint path
-    checkpoint: str | None = None     # an already trained model: skip training this phase
+    checkpoint: str | None = None     # an already trained teacher / distilled student: skip its phase
     strategy: str | None = None       # teachers: scratch | feature_extraction | finetune | full | auto
                                       # (default: full with weights, else scratch)
     finetune_from: str | None = None  # finetune: first module path that trains
