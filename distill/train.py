@@ -305,18 +305,17 @@ def _train_epoch(module: nn.Module, data: Dataset, schedule: Schedule, optimizer
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        n = targets.numel()
+        n = targets.numel()  # running sums stay on the device: no GPU sync per term and step
         seen += n
-        correct += (logits.detach().argmax(1) == targets).sum().item()
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v.item() * n
-        sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
+        correct += (logits.detach().argmax(1) == targets).sum()
+        for k, v in (*losses.items(), ("loss", loss)):
+            sums[k] = sums.get(k, 0.0) + v.detach().float() * n
         if progress and step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     record: dict[str, Any] = {"phase": desc, "epoch": epoch + 1,
                               "lr": schedule.lr * schedule.lr_factor(epoch + 1 - 1e-9)}
-    record.update({k: v / max(seen, 1) for k, v in sums.items()})
-    record["train_accuracy"] = correct / max(seen, 1)
+    record.update({k: float(v) / max(seen, 1) for k, v in sums.items()})
+    record["train_accuracy"] = float(correct) / max(seen, 1)
     record["skipped_steps"] = skipped
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
