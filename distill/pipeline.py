@@ -179,9 +179,12 @@ class _Context:
         if not path.exists():
             return None
         model, _ = load_checkpoint(path)
-        self.history = [r for r in self.history if r.get("phase") != role] + \
-            safe_load(path)["extra"].get("history", [])
-        return model.to(self.device)
+        model = model.to(self.device)
+        history = safe_load(path)["extra"].get("history", [])
+        if role not in self.metrics:  # killed after the checkpoint, before metrics.json was written
+            self.record(role, model, history)
+        self.history = [r for r in self.history if r.get("phase") != role] + history
+        return model
 
     def speed(self) -> Speed:
         s = self.recipe.speed

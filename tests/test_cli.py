@@ -94,6 +94,13 @@ def test_quickstart_run_directory_summary_and_resume(tmp_path, capsys):
     before = (out / "teacher.pt").stat().st_mtime_ns
     distill(*args, "--resume", capsys=capsys)
     assert (out / "teacher.pt").stat().st_mtime_ns == before
+    # killed after student.pt was written but before metrics.json: resume records it, then goes on
+    metrics = json.loads((out / "metrics.json").read_text())
+    del metrics["student"], metrics["gain"]
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    (out / "baseline.pt").unlink()
+    distill(*args, "--resume", capsys=capsys)
+    assert {"student", "baseline", "gain"} <= set(json.loads((out / "metrics.json").read_text()))
     # resuming with another recipe is refused
     assert "different recipe" in distill(*args, "--resume", "--set", "seed=1", expect=2, capsys=capsys)
 

@@ -30,7 +30,8 @@ class RKDLoss(nn.Module):
     the mean of its non-zero entries. Angle term: smooth-L1 between the [B, B, B] tensors
     cos(angle at e_i between e_j and e_k) = <unit(e_j - e_i), unit(e_k - e_i)>.
     loss = distance_weight * distance + angle_weight * angle. Both terms are invariant to
-    translating, rotating or uniformly scaling either embedding. Memory grows as B^2 * D.
+    translating, rotating or uniformly scaling either embedding. Computed from Gram matrices, so a
+    wide embedding (D in the thousands) costs no more memory than a narrow one.
     """
 
     needs_targets: ClassVar[bool] = False
@@ -51,12 +52,25 @@ class RKDLoss(nn.Module):
 
     @staticmethod
     def relations(embeddings: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean-normalised [B, B] distances and [B, B, B] angle cosines of [B, D] embeddings."""
-        diff = embeddings.unsqueeze(0) - embeddings.unsqueeze(1)  # diff[i, j] = e_j - e_i
-        dist = diff.norm(dim=2)
-        mean = dist.sum() / (dist > 0).sum().clamp_min(1)  # mean of the non-zero distances
-        unit = F.normalize(diff, dim=2)  # zero vector where e_j == e_i
-        return dist / mean.clamp_min(torch.finfo(dist.dtype).tiny), unit @ unit.transpose(1, 2)
+        """Mean-normalised [B, B] distances and [B, B, B] angle cosines of [B, D] embeddings.
+
+        Both come from the Gram matrix G of the centred embeddings, so memory is B^2 + B^3, not
+        B^2 * D: |e_i - e_j|^2 = G_ii + G_jj - 2 G_ij and
+        <e_j - e_i, e_k - e_i> = G_jk - G_ij - G_ik + G_ii. Coincident points get distance 0 and
+        cosine 0 (with zero gradient), as the difference-vector formulation gives.
+        """
+        x = embeddings - embeddings.mean(dim=0, keepdim=True)  # translation-free: exact Gram
+        gram = x @ x.T
+        diag = gram.diagonal()
+        squared = (diag[:, None] + diag[None, :] - 2 * gram).clamp_min(0)
+        apart = squared > torch.finfo(x.dtype).eps * diag.max().clamp_min(1e-30)
+        dist = torch.where(apart, squared.where(apart, 1).sqrt(), 0)
+        mean = dist.sum() / apart.sum().clamp_min(1)  # mean of the non-zero distances
+        dots = gram[None, :, :] - gram[:, :, None] - gram[:, None, :] + diag[:, None, None]
+        norms = dist[:, :, None] * dist[:, None, :]
+        both = apart[:, :, None] & apart[:, None, :]
+        angle = torch.where(both, dots / norms.where(both, 1), 0)
+        return dist / mean.clamp_min(torch.finfo(dist.dtype).tiny), angle
 
     def extra_repr(self) -> str:
         return f"distance_weight={self.distance_weight}, angle_weight={self.angle_weight}"
