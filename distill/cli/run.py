@@ -106,12 +106,13 @@ def recipes() -> None:
     files = sorted(folder.glob("*.toml"))
     if not files:
         raise DistillError(f"no recipes found in {folder}; expected the recipes/ folder of a source checkout")
+    width = max(len(f.stem) for f in files) + 2
     for f in files:
         try:
             description = tomllib.loads(f.read_text()).get("description", "")
         except tomllib.TOMLDecodeError:
             description = "(invalid TOML)"
-        click.echo(f"{f.stem:<28} {description}")
+        click.echo(f"{f.stem:<{width}}{description}")
     click.echo(f"\n({folder}; run one with `distill run NAME`)")
 
 
