@@ -142,8 +142,8 @@ def knowledge_table(rows: dict[str, dict], n: int, planned: dict[str, str]) -> l
              "KD run's label-only phase. Nothing was tuned here: KD as in the paper (0.1 CE + T=20); "
              "DKD with its paper's alpha=1, beta=8, T=4; SP with CRD's weight 3000; PKT with CRD's 30000 "
              "divided by CRD's batch of 64 (this PKTLoss sums over the batch where CRD's averages); "
-             "hint with weight 1 (CRD's 100 is for conv maps); RKD with its paper's 25/50, on the "
-             "logits because distill's RKDLoss costs seconds per step on 800-d features at batch 256. "
+             "hint with weight 1 (CRD's 100 is for conv maps); RKD with its paper's 25/50 on the same "
+             "penultimate features (its [B, B, B] angle term makes it the slowest row at batch 256). "
              "Train times depend on the other jobs on the shared machine more than on the loss.", "",
              "| kind | method | student <- teacher | loss | test errors | accuracy | vs baseline | train time |",
              "|---|---|---|---|---:|---:|---:|---:|",

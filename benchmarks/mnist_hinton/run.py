@@ -60,7 +60,7 @@ ROWS = {
     "hint": ("feature", ["distill.ce_weight=1.0", term("hint", 1.0, S_PEN, T_PEN), "baseline.enabled=false"]),
     "sp": ("relation", ["distill.ce_weight=1.0", term("sp", 3000.0, S_PEN, T_PEN), "baseline.enabled=false"]),
     "pkt": ("relation", ["distill.ce_weight=1.0", term("pkt", 470.0, S_PEN, T_PEN), "baseline.enabled=false"]),
-    "rkd": ("relation", ["distill.ce_weight=1.0", term("rkd", 1.0), "baseline.enabled=false"]),
+    "rkd": ("relation", ["distill.ce_weight=1.0", term("rkd", 1.0, S_PEN, T_PEN), "baseline.enabled=false"]),
 }
 
 
