@@ -107,8 +107,8 @@ class Distiller(nn.Module):
     def _teacher_features(self, images: Tensor) -> dict[str, Tensor]:
         with torch.inference_mode():
             logits = self.teacher(images)
-            out = {**self._teacher_taps.outputs, LOGITS: logits}
-        return {k: v.clone() for k, v in out.items()}  # normal tensors, usable in autograd
+        # hooked features are already ordinary tensors (see FeatureTaps); the logits need a copy
+        return {**self._teacher_taps.outputs, LOGITS: logits.clone()}
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)

@@ -7,6 +7,7 @@ as a plain string when it is not valid TOML, so `--set teacher.model=resnet18` w
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 import types
@@ -178,7 +179,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def recipe_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> Recipe:
-    data = _deepcopy(data)
+    data = copy.deepcopy(data)
     for item in overrides:
         apply_override(data, item)
     recipe = _build(Recipe, data, "")
@@ -308,14 +309,6 @@ def _describe(value: Any) -> str:
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
              list: "a list", dict: "a table"}
     return f"{names.get(type(value), type(value).__name__)} ({value!r})"[:120]
-
-
-def _deepcopy(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _deepcopy(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_deepcopy(v) for v in x]
-    return x
 
 
 # ----------------------------------------------------------------------------- semantic checks

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -37,7 +38,9 @@ class FeatureTaps:
     """Keeps the latest output of each named module of `model` in `self.outputs`.
 
     The output is cloned so an in-place op that follows (e.g. `ReLU(inplace=True)` after a conv)
-    cannot change what was captured. Call `remove()` to detach the hooks.
+    cannot change what was captured. The clone is made outside inference mode, so a teacher run
+    under `torch.inference_mode` yields ordinary tensors a loss can use. Call `remove()` to detach
+    the hooks.
     """
 
     def __init__(self, model: nn.Module, paths: Iterable[str], role: str = "model") -> None:
@@ -51,7 +54,8 @@ class FeatureTaps:
         def hook(module: nn.Module, inputs: tuple, output) -> None:
             if isinstance(output, (tuple, list)):
                 output = output[0]
-            self.outputs[path] = output.clone()
+            with torch.inference_mode(False):
+                self.outputs[path] = output.clone()
         return hook
 
     def remove(self) -> None:

@@ -23,3 +23,12 @@ def data_root() -> Path:
     if not (root / "mnist.npz").exists():
         pytest.skip(f"real data not found in {root}")
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from more threads, and lose much to them on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.cli import main
+from helpers import cli
 from distill.errors import DistillError
 from distill.models import ModelCard, build_model, save_checkpoint
 from distill.recipe import load_recipe
@@ -49,24 +49,7 @@ teacher = "stage3"
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and lose much to them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str]:
-    """Run the CLI in-process; (exit code, stdout + stderr). Any other exception fails the test."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out + out.err
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from distill.cli import main
+from helpers import cli, image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
@@ -20,29 +18,10 @@ TINY = ["teacher.epochs=1", "student.epochs=1", "teacher.batch_size=16", "studen
 
 
 def distill(*args: str, expect: int = 0, capsys=None) -> str:
-    """Run the CLI in-process; returns stdout + stderr."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr() if capsys else None
-    text = (out.out + out.err) if out else ""
+    """Run the CLI in-process, check its exit code; returns stdout + stderr."""
+    code, text = cli(list(args), capsys)
     assert code == expect, text
     return text
-
-
-def image_folder(root: Path, classes: int = 3, per_class: int = 4, size: int = 40) -> Path:
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in range(classes):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-                pixels[..., c] = 255  # a learnable colour cue
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
 
 
 def tiny_overrides(recipe: Path, tmp_path: Path) -> list[str]:

@@ -18,13 +18,7 @@ NAMES = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", 
 ONE_PER_FAMILY = ["resnet8", "wrn_16_1", "cifar_vgg8", "mobilenetv2", "shufflenetv1", "shufflenetv2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Batch-2 passes gain nothing from threads, and lose a lot to them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # batch-2 passes gain nothing from threads
 
 
 def _build(name: str, num_classes: int = 100, in_channels: int = 3) -> nn.Module:

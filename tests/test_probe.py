@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from distill.cli import main
+from helpers import cli as run_cli
 from distill.errors import DistillError
 from distill.models import ModelCard, build_model, save_checkpoint
 from distill.probe import (LayerScore, ProbeResult, default_layers, pooled_features, probe_layers,
@@ -50,14 +50,9 @@ def cnn() -> nn.Module:
 
 
 def cli(*args: str, capsys, expect: int = 0) -> str:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    assert code == expect, out.out + out.err
-    return out.out + out.err
+    code, text = run_cli(list(args), capsys)
+    assert code == expect, text
+    return text
 
 
 def test_one_score_per_requested_layer_with_its_pooled_feature_size(cnn):

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from distill import Distiller, Schedule, Term, fit
-from distill.cli import main
+from helpers import cli
 from distill.errors import DistillError
 from distill.models import ModelCard, build_model, load_checkpoint, safe_load, save_checkpoint
 
@@ -44,23 +44,7 @@ loss = "kd"
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and lose much to them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out + out.err
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def finite(state: dict[str, torch.Tensor]) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.cli import main
+from helpers import cli
 from distill.data import load_data
 from distill.errors import DistillError
 from distill.models import build_model, load_checkpoint, safe_load
@@ -35,13 +35,7 @@ epochs = 1
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and lose much to them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Payload:
@@ -66,16 +60,6 @@ def crafted(folder: Path, how: str) -> tuple[Path, Path]:
     else:
         path.write_bytes(pickle.dumps(obj, protocol=int(how[-1])))
     return path, marker
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 @pytest.mark.parametrize("how, message", [

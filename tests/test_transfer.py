@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import TensorDataset
 
 from distill.cli import main
+from helpers import image_folder
 from distill.errors import DistillError
 from distill.models import ModelCard, build_model, load_checkpoint, save_checkpoint
 from distill.train import Schedule
@@ -132,18 +131,6 @@ def test_weights_from_a_local_checkpoint_load_exactly_except_the_replaced_head(a
 
 # ----------------------------------------------------------------------------- end to end
 
-def image_folder(root, classes: int = 3, per_class: int = 4, size: int = 36):
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in range(classes):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-                pixels[..., c] = 255  # a learnable colour cue
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
-
 
 RECIPE = """
 name = "transfer_e2e"
@@ -176,7 +163,7 @@ def test_an_imagefolder_recipe_adapts_a_local_pretrained_teacher_end_to_end(stra
     weights = tmp_path / "pretrained.pt"
     save_checkpoint(weights, pretrained, ModelCard("resnet18", 7, SHAPE))
     recipe = tmp_path / "recipe.toml"
-    images = image_folder(tmp_path / "images")
+    images = image_folder(tmp_path / "images", size=36)
     recipe.write_text(RECIPE.format(images=images, weights=weights, strategy=strategy))
     out = tmp_path / "run"
     try:

@@ -1,0 +1,34 @@
+"""Helpers shared by the test files: the CLI run in-process, and a tiny image folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from distill.cli import main
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str]:
+    """Run the CLI in-process; (exit code, stdout + stderr). Any other exception fails the test."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def image_folder(root: Path, classes: int = 3, per_class: int = 4, size: int = 40) -> Path:
+    """train/ and val/ folders of random PNGs whose class shows as one saturated colour channel."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                pixels[..., c] = 255  # a learnable colour cue
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
