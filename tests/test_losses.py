@@ -193,6 +193,27 @@ def test_rkd_distance_term_matches_hand_computed_value_on_three_points():
     assert loss.item() == pytest.approx(expected, rel=1e-10)
 
 
+def test_rkd_angle_term_matches_the_difference_vector_formula():
+    """Park et al.'s angle potential: cos of the angle at e_j between e_i and e_k, from unit difference vectors."""
+    def angles(e: torch.Tensor) -> torch.Tensor:
+        diff = torch.nn.functional.normalize(e[None, :, :] - e[:, None, :], dim=2)  # [j, i] = unit(e_i - e_j)
+        return diff @ diff.transpose(1, 2)                                           # [j, i, k]
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 7, dtype=torch.float64)
+    expected = torch.nn.functional.smooth_l1_loss(angles(s), angles(t))
+    assert expected > 0
+    assert RKDLoss(distance_weight=0.0, angle_weight=1.0)(s, t).item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_rkd_distance_only_equals_the_full_loss_with_angle_weight_zero():
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 4), torch.randn(6, 9)
+    full = RKDLoss(distance_weight=25.0, angle_weight=50.0)(s, t)
+    distance = RKDLoss(distance_weight=25.0, angle_weight=0.0)(s, t)
+    angle = RKDLoss(distance_weight=0.0, angle_weight=50.0)(s, t)
+    assert full.item() == pytest.approx((distance + angle).item(), rel=1e-6)
+
+
 def test_rkd_is_invariant_to_scaling_rotating_and_translating_the_student():
     torch.manual_seed(0)
     s, t = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 9, dtype=torch.float64)

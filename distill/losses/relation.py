@@ -44,15 +44,19 @@ class RKDLoss(nn.Module):
 
     def forward(self, student_features: Tensor, teacher_features: Tensor) -> Tensor:
         student, teacher = _flatten_pair("RKDLoss", student_features, teacher_features)
+        angles = self.angle_weight > 0  # RKD-D alone skips the [B, B, B] tensors
         with torch.no_grad():
-            t_dist, t_angle = self.relations(teacher)
-        s_dist, s_angle = self.relations(student)
-        return (self.distance_weight * F.smooth_l1_loss(s_dist, t_dist)
-                + self.angle_weight * F.smooth_l1_loss(s_angle, t_angle))
+            t_dist, t_angle = self.relations(teacher, angles)
+        s_dist, s_angle = self.relations(student, angles)
+        loss = self.distance_weight * F.smooth_l1_loss(s_dist, t_dist)
+        if angles:
+            loss = loss + self.angle_weight * F.smooth_l1_loss(s_angle, t_angle)
+        return loss
 
     @staticmethod
-    def relations(embeddings: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean-normalised [B, B] distances and [B, B, B] angle cosines of [B, D] embeddings.
+    def relations(embeddings: Tensor, angles: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Mean-normalised [B, B] distances and [B, B, B] angle cosines (None unless `angles`)
+        of [B, D] embeddings.
 
         Both come from the Gram matrix G of the centred embeddings, so memory is B^2 + B^3, not
         B^2 * D: |e_i - e_j|^2 = G_ii + G_jj - 2 G_ij and
@@ -66,11 +70,14 @@ class RKDLoss(nn.Module):
         apart = squared > torch.finfo(x.dtype).eps * diag.max().clamp_min(1e-30)
         dist = torch.where(apart, squared.where(apart, 1).sqrt(), 0)
         mean = dist.sum() / apart.sum().clamp_min(1)  # mean of the non-zero distances
+        normalised = dist / mean.clamp_min(torch.finfo(dist.dtype).tiny)
+        if not angles:
+            return normalised, None
         dots = gram[None, :, :] - gram[:, :, None] - gram[:, None, :] + diag[:, None, None]
         norms = dist[:, :, None] * dist[:, None, :]
         both = apart[:, :, None] & apart[:, None, :]
         angle = torch.where(both, dots / norms.where(both, 1), 0)
-        return dist / mean.clamp_min(torch.finfo(dist.dtype).tiny), angle
+        return normalised, angle
 
     def extra_repr(self) -> str:
         return f"distance_weight={self.distance_weight}, angle_weight={self.angle_weight}"
