@@ -121,16 +121,24 @@ class Distiller(nn.Module):
         t_out = teacher_outputs if teacher_outputs is not None else self._teacher_features(images)
         s_out = self._student_features(images)
         logits = s_out[LOGITS]
-        losses: dict[str, Tensor] = {}
-        if self.ce_weight:
-            losses["ce"] = self.ce_weight * F.cross_entropy(logits, targets)
+        pairs = {}
         for term in self.terms:
-            s, t = s_out[term.student], t_out[term.teacher]
-            if term.name in self.connectors:
-                s = self.connectors[term.name](s)
-            if getattr(term.loss, "needs_targets", False):
-                value = term.loss(s, t.to(s.dtype), targets)
-            else:
-                value = term.loss(s, t.to(s.dtype))
-            losses[term.name] = term.weight * value
+            s = s_out[term.student]
+            pairs[term.name] = self.connectors[term.name](s) if term.name in self.connectors else s
+        # The losses run in float32 even under autocast: soft targets at T=20 differ in the third
+        # significant digit, below bf16's resolution, and T^2 scales the rounding error up with them.
+        losses: dict[str, Tensor] = {}
+        with torch.autocast(images.device.type, enabled=False):
+            if self.ce_weight:
+                losses["ce"] = self.ce_weight * F.cross_entropy(_full_precision(logits), targets)
+            for term in self.terms:
+                s = _full_precision(pairs[term.name])
+                t = t_out[term.teacher].to(s.dtype)
+                value = term.loss(s, t, targets) if getattr(term.loss, "needs_targets", False) else term.loss(s, t)
+                losses[term.name] = term.weight * value
         return logits, losses
+
+
+def _full_precision(x: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32; float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

@@ -78,8 +78,8 @@ class Schedule:
 
     def lr_factor(self, epoch: float) -> float:
         """Multiplier of the base learning rate at a (fractional) epoch."""
-        if epoch < self.warmup_epochs:
-            return (epoch + 1) / (self.warmup_epochs + 1)
+        if epoch < self.warmup_epochs:  # linear from 0: a fresh net's first steps are its largest
+            return epoch / self.warmup_epochs
         if self.scheduler == "cosine":
             span = max(self.epochs - self.warmup_epochs, 1)
             return 0.5 * (1 + math.cos(math.pi * (epoch - self.warmup_epochs) / span))

@@ -38,6 +38,19 @@ def test_forward_returns_student_logits_and_one_weighted_loss_per_term_plus_ce()
     torch.testing.assert_close(losses["kd"], expected_kd)
 
 
+def test_losses_run_in_float32_under_bf16_autocast():
+    """bf16 cannot hold T=20 soft targets (they differ in the third digit): the terms upcast first."""
+    teacher, student = cnn(16).eval(), cnn(8).eval()
+    d = Distiller(teacher, student, [Term("kd", KDLoss(20.0))], SHAPE).eval()
+    x, y = batch()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        _, losses = d(x, y)
+        s_logits, t_logits = student(x), teacher(x)
+    assert s_logits.dtype == torch.bfloat16 and losses["kd"].dtype == torch.float32
+    expected = KDLoss(20.0)(s_logits.float(), t_logits.float())
+    torch.testing.assert_close(losses["kd"], expected)
+
+
 def test_ce_weight_zero_drops_the_cross_entropy_term():
     d = Distiller(cnn(16), cnn(8), [Term("kd", KDLoss())], SHAPE, ce_weight=0.0)
     assert set(d(*batch())[1]) == {"kd"}

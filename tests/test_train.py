@@ -41,6 +41,12 @@ def test_cosine_schedule_starts_at_lr_and_ends_near_zero_and_step_decays_at_mile
     assert [step.lr_factor(e) for e in (4, 5, 8)] == pytest.approx([1.0, 0.1, 0.01])
 
 
+def test_warmup_rises_linearly_from_zero_then_hands_over_to_the_schedule():
+    warm = Schedule(epochs=10, warmup_epochs=2)
+    assert [warm.lr_factor(e) for e in (0, 0.5, 1, 2)] == pytest.approx([0.0, 0.25, 0.5, 1.0])
+    assert warm.lr_factor(10) == pytest.approx(0.0)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"epochs": 0}, "epochs must be a positive integer"),
     ({"batch_size": -1}, "batch_size must be a positive integer"),
