@@ -24,6 +24,8 @@ class Term:
     """One distillation loss: what it compares, and how much it counts.
 
     `student` and `teacher` are `"logits"` or a module path such as `"layer3"` or `"features.28"`.
+    `warmup_epochs` > 0 ramps the weight linearly over the first epochs, (epoch + 1) / warmup_epochs,
+    as DKD does (its beta-weighted term is strong enough to blow up a fresh student).
     """
 
     name: str
@@ -31,6 +33,12 @@ class Term:
     weight: float = 1.0
     student: str = LOGITS
     teacher: str = LOGITS
+    warmup_epochs: int = 0
+
+    def weight_at(self, epoch: int) -> float:
+        if self.warmup_epochs <= 0:
+            return self.weight
+        return self.weight * min((epoch + 1) / self.warmup_epochs, 1.0)
 
 
 def make_connector(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Module:
@@ -81,6 +89,10 @@ class Distiller(nn.Module):
         self._teacher_taps = FeatureTaps(teacher, [t.teacher for t in terms], role="teacher")
         self._student_taps = FeatureTaps(student, [t.student for t in terms], role="student")
         self.connectors = nn.ModuleDict(self._probe_connectors(tuple(input_shape)))
+        self.epoch = 0  # set by fit (set_epoch) for terms with a warm-up
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def _probe_connectors(self, input_shape: tuple[int, ...]) -> dict[str, nn.Module]:
         was_training = self.student.training
@@ -135,7 +147,7 @@ class Distiller(nn.Module):
                 s = _full_precision(pairs[term.name])
                 t = t_out[term.teacher].to(s.dtype)
                 value = term.loss(s, t, targets) if getattr(term.loss, "needs_targets", False) else term.loss(s, t)
-                losses[term.name] = term.weight * value
+                losses[term.name] = term.weight_at(self.epoch) * value
         return logits, losses
 
 

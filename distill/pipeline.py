@@ -138,7 +138,8 @@ class _Context:
 
     def terms(self) -> list[Term]:
         return [Term(name=t.name or t.loss, loss=build_loss(t.loss, **t.options), weight=t.weight,
-                     student=t.student, teacher=t.teacher) for t in self.recipe.distill.terms]
+                     student=t.student, teacher=t.teacher, warmup_epochs=t.warmup_epochs)
+                for t in self.recipe.distill.terms]
 
     def preflight(self) -> None:
         """Catch wrong layer paths and class counts before any training starts."""

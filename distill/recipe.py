@@ -83,6 +83,7 @@ class TermSpec:
     teacher: str = "logits"
     name: str | None = None           # defaults to the loss name
     options: dict[str, Any] = field(default_factory=dict)   # keyword arguments of the loss
+    warmup_epochs: int = 0            # weight ramps linearly over these epochs (DKD uses 20)
 
 
 @dataclass
@@ -356,6 +357,8 @@ def _check(r: Recipe) -> None:
                                f"expected one of {', '.join(LOSSES)}")
         if term.weight < 0:
             raise DistillError(f"{where}.weight: expected a number >= 0, got {term.weight!r}")
+        if term.warmup_epochs < 0:
+            raise DistillError(f"{where}.warmup_epochs: expected an integer >= 0, got {term.warmup_epochs!r}")
         name = term.name or term.loss
         if name in names or name == "ce":
             raise DistillError(f"{where}.name: term name {name!r} is used twice; expected unique names "

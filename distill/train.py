@@ -234,6 +234,8 @@ def fit(module: nn.Module, train_data: Dataset, schedule: Schedule, *,
     for epoch in range(start, schedule.epochs):
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(epoch)
+        if hasattr(module, "set_epoch"):  # e.g. a Distiller's term warm-up
+            module.set_epoch(epoch)
         record = _train_epoch(step_module, train_data, schedule, optimizer, epoch, device=device, seed=seed,
                               speed=speed, scaler=scaler, skip_nonfinite=skip_nonfinite, desc=desc,
                               progress=progress)

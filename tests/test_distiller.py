@@ -51,6 +51,18 @@ def test_losses_run_in_float32_under_bf16_autocast():
     torch.testing.assert_close(losses["kd"], expected)
 
 
+def test_a_term_warmup_ramps_its_weight_linearly_over_the_first_epochs():
+    d = Distiller(cnn(16), cnn(8), [Term("kd", KDLoss(4.0), weight=2.0, warmup_epochs=4)], SHAPE).eval()
+    x, y = batch()
+    with torch.no_grad():
+        full = 2.0 * KDLoss(4.0)(d.student(x), d.teacher(x))
+        weighted = []
+        for epoch in (0, 1, 3, 10):
+            d.set_epoch(epoch)
+            weighted.append(d(x, y)[1]["kd"])
+    torch.testing.assert_close(torch.stack(weighted), full * torch.tensor([0.25, 0.5, 1.0, 1.0]))
+
+
 def test_ce_weight_zero_drops_the_cross_entropy_term():
     d = Distiller(cnn(16), cnn(8), [Term("kd", KDLoss())], SHAPE, ce_weight=0.0)
     assert set(d(*batch())[1]) == {"kd"}

@@ -49,6 +49,7 @@ def test_the_resolved_recipe_round_trips_through_toml(tmp_path):
     ({"distill": {"terms": [{"loss": "kd", "options": {"temperature": 0}}]}}, r"distill.terms.0: .*temperature"),
     ({"distill": {"terms": [{"loss": "kd", "options": {"temp": 4}}]}}, r"distill.terms.0: .*unexpected option 'temp'"),
     ({"distill": {"terms": [{"loss": "kd"}, {"loss": "kd"}]}}, r"term name 'kd' is used twice"),
+    ({"distill": {"terms": [{"loss": "dkd", "warmup_epochs": -1}]}}, r"distill.terms.0.warmup_epochs: expected an integer >= 0"),
     ({"distill": {"terms": {"loss": "kd"}}}, r"distill.terms: expected a list"),
     ({"prune": {"macs": 1.5}}, r"prune.macs: expected the fraction of MACs to keep"),
     ({"device": "tpu"}, r"device: expected auto, cpu, cuda"),

@@ -41,6 +41,17 @@ def test_cosine_schedule_starts_at_lr_and_ends_near_zero_and_step_decays_at_mile
     assert [step.lr_factor(e) for e in (4, 5, 8)] == pytest.approx([1.0, 0.1, 0.01])
 
 
+def test_fit_tells_the_module_each_epoch_it_starts():
+    seen = []
+
+    class Recorder(Supervised):
+        def set_epoch(self, epoch: int) -> None:
+            seen.append(epoch)
+
+    fit(Recorder(model()), dataset(), Schedule(epochs=3, batch_size=16), progress=False)
+    assert seen == [0, 1, 2]
+
+
 def test_warmup_rises_linearly_from_zero_then_hands_over_to_the_schedule():
     warm = Schedule(epochs=10, warmup_epochs=2)
     assert [warm.lr_factor(e) for e in (0, 0.5, 1, 2)] == pytest.approx([0.0, 0.25, 0.5, 1.0])
