@@ -13,6 +13,8 @@ import re
 import tomllib
 from pathlib import Path
 
+from distill.pipeline import distillation_gain
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -47,7 +49,7 @@ def errors(m: dict, n: int) -> int:
 
 def run_seconds(record: dict) -> float:
     """Wall time of a run: its recorded wall time, or, for a run resumed after an interruption,
-    at least the train time of the phases it holds (the sum of their epoch times)."""
+    the train time of the phases it holds (the sum of their epoch times) when that is larger."""
     phases = sum(v.get("train_seconds", 0) for v in record["metrics"].values() if isinstance(v, dict))
     return max(record["wall_seconds"], phases)
 
@@ -62,7 +64,8 @@ def term_text(recipe: dict) -> tuple[str, str]:
     layers, parts = [], [f"{d['ce_weight']:g} CE"] if d["ce_weight"] else []
     for t in d["terms"]:
         opts = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["options"].items())
-        parts.append(f"{t['weight']:g} {t['loss'].upper()}" + (f"({opts})" if opts else ""))
+        warmup = f" warmed up over {t['warmup_epochs']} epochs" if t.get("warmup_epochs") else ""
+        parts.append(f"{t['weight']:g} {t['loss'].upper()}" + (f"({opts})" if opts else "") + warmup)
         layers.append(f"`{t['student']}` <- `{t['teacher']}`")
     return ", ".join(layers), " + ".join(parts)
 
@@ -70,8 +73,27 @@ def term_text(recipe: dict) -> tuple[str, str]:
 def schedule_text(recipe: dict, role: str) -> str:
     s = recipe[role]
     warmup = f", {s['warmup_epochs']} warm-up epoch(s)" if s.get("warmup_epochs") else ""
-    return (f"{s['epochs']} epochs, batch {s['batch_size']}, SGD lr {s['lr']:g} ({s['scheduler']}{warmup}), "
-            f"momentum {s['momentum']:g}, weight decay {s['weight_decay']:g}")
+    optimizer = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[s.get("optimizer", "sgd")]
+    momentum = f"momentum {s['momentum']:g}, " if optimizer == "SGD" else ""
+    return (f"{s['epochs']} epochs, batch {s['batch_size']}, {optimizer} lr {s['lr']:g} ({s['scheduler']}{warmup}), "
+            f"{momentum}weight decay {s['weight_decay']:g}")
+
+
+def seen_images(recipe: dict) -> str:
+    d = recipe["data"]
+    return f"+-{d['jitter']} pixel jitter" if d.get("augment", True) and d.get("jitter") else "plain images"
+
+
+def gain_text(m: dict, n: int) -> str:
+    """'Distillation removes X of the baseline's Y errors (+p points; noise band ...)' of one KD run."""
+    base, student, g = m["baseline"], m["student"], m.get("gain", {})
+    removed = errors(base, n) - errors(student, n)
+    verb = f"removes {removed} of" if removed >= 0 else f"adds {-removed} to"
+    text = f"{verb} the baseline's {errors(base, n)} test errors ({g.get('accuracy_points', 0):+.2f} points"
+    if "noise_band_points" in g:
+        text += (f"; the 95% noise band of a {n}-image test set, as `distill run` reports it, is "
+                 f"+-{g['noise_band_points']:.2f} points, so the gain is {'' if g['significant'] else 'NOT '}significant")
+    return text + ")"
 
 
 def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
@@ -80,7 +102,6 @@ def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
         return ["## MNIST (Hinton et al. 2015, section 3)", "", "_not recorded yet: run "
                 "`python benchmarks/mnist_hinton/run.py`_", ""]
     n = kd["metrics"]["data"]["test"]
-    tm, bm, sm = kd["metrics"]["teacher"], kd["metrics"]["baseline"], kd["metrics"]["student"]
     trec, srec = teacher["recipe"], kd["recipe"]
     wall = sum(run_seconds(r) for r in rows.values())
     lines = [
@@ -88,45 +109,60 @@ def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
         "",
         f"- command: `{meta['command']}` then `python benchmarks/make_results.py` "
         f"(each row is one `distill run`, listed below)",
-        f"- machine: {meta['machine']} (shared with other jobs)",
+        f"- machine: {meta['machine']}",
         f"- date: {meta['date']}; wall time of all MNIST runs: {minutes(wall)} "
         f"(teacher {minutes(run_seconds(teacher))})",
         f"- data: MNIST `mnist.npz`, {kd['metrics']['data']['train']} training and {n} test images; "
         "no validation split",
         f"- teacher: 784-1200-1200-10, dropout {trec['teacher']['options'].get('input_dropout', 0):g} "
-        f"(input) / {trec['teacher']['options'].get('dropout', 0):g} (hidden), +-{trec['data']['jitter']} "
-        f"pixel jitter; {schedule_text(trec, 'teacher')}; bf16 autocast: {trec['speed'].get('amp') == 'bf16'}. "
-        "Trained once; every student row reuses it (`teacher.checkpoint`).",
-        f"- students: 784-800-800-10, no dropout, no weight decay, no jitter (the paper's student "
-        f"sees plain images); {schedule_text(srec, 'student')}; seed {srec['seed']}; the same "
-        "initial weights and batch order in every row; "
+        f"(input) / {trec['teacher']['options'].get('dropout', 0):g} (hidden), {seen_images(trec)}; "
+        f"{schedule_text(trec, 'teacher')}; bf16 autocast: {trec['speed'].get('amp') == 'bf16'}. "
+        "Trained once; every student row reuses it (`teacher.checkpoint`). No max-norm weight "
+        "constraint (the paper's teacher has one).",
+        f"- students: 784-800-800-10, no dropout, no weight decay; {schedule_text(srec, 'student')}; "
+        f"seed {srec['seed']} (1 in the `_seed1` rows); the same initial weights and batch order in every "
+        "row of a seed; "
         + ("teacher outputs cached once (`distill.cache`)" if srec["distill"].get("cache") else
            "the teacher runs live in every step (no cache)"),
-        "- epoch selection: the last epoch, always; nothing is selected or tuned on the test set "
-        "(no validation split; schedules were changed only for divergence of the training loss and "
-        "for time, see the notes)",
+        "- epoch selection: the last epoch, always; no epoch or checkpoint is selected on the test set "
+        "(no validation split; how the settings were chosen is in the notes)",
         *[f"- note: {note}" for note in meta.get("notes", [])],
         "",
-        "### The paper's three numbers",
+        "### The paper's three numbers, and the same with the teacher's jitter",
         "",
-        "| model | paper: test errors | ours: test errors | ours: accuracy | parameters | train time |",
-        "|---|---:|---:|---:|---:|---:|",
+        "The paper's students see plain images (`kd_plain`). Its distilled student learns from the "
+        "teacher's outputs on the training images only; giving it the teacher's jittered images as "
+        "the transfer set (`kd`) lets it learn the teacher's invariance too. Each pair of student "
+        "rows is one run (KD phase and its hard-label baseline on the same data).",
+        "",
+        "| model | images | paper: test errors | ours: test errors, seed 0 | seed 1 | mean | accuracy, seed 0 | "
+        "parameters | train time, seed 0 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, key, m in (("teacher 1200x2, dropout + jitter", "teacher", teacher["metrics"]["teacher"]),
-                          ("student 800x2, hard labels (baseline)", "baseline", bm),
-                          ("student 800x2, distilled at T=20", "kd", sm)):
-        lines.append(f"| {label} | {HINTON[key]} | **{errors(m, n)}** | {100 * m['test_accuracy']:.2f}% | "
-                     f"{m['params']:,} | {m['train_seconds']:.0f} s |")
-    gain = errors(bm, n) - errors(sm, n)
-    g = kd["metrics"].get("gain", {})
-    noise = (f" `distill run` puts the 95% noise band of a {n}-image test set at +-{g['noise_band_points']:.2f} "
-             f"points, so this gain is {'' if g['significant'] else 'NOT '}significant."
-             if "noise_band_points" in g else "")
-    lines += ["", f"Distillation removes {gain} of the baseline's {errors(bm, n)} test errors "
-              f"({g.get('accuracy_points', 0):+.2f} points; paper: {HINTON['baseline'] - HINTON['kd']} of "
-              f"{HINTON['baseline']}).{noise} "
-              f"The teacher row in the students' runs re-evaluates the same checkpoint "
-              f"({errors(tm, n)} errors).", ""]
+    table = [("teacher 1200x2, dropout + jitter", "teacher", "teacher", HINTON["teacher"])]
+    if "kd_plain" in rows:
+        table += [("student 800x2, hard labels (baseline)", "kd_plain", "baseline", HINTON["baseline"]),
+                  ("student 800x2, distilled at T=20", "kd_plain", "student", HINTON["kd"])]
+    table += [("student 800x2, hard labels (baseline)", "kd", "baseline", None),
+              ("student 800x2, distilled at T=20", "kd", "student", None)]
+    for label, row, role, paper in table:
+        rec, m = rows[row], rows[row]["metrics"][role]
+        seeds = [errors(m, n)] + [errors(rows[r]["metrics"][role], n) for r in (f"{row}_seed1",) if r in rows]
+        second = str(seeds[1]) if len(seeds) > 1 else "-"
+        mean = f"{sum(seeds) / len(seeds):.1f}" if len(seeds) > 1 else "-"
+        lines.append(f"| {label} | {seen_images(rec['recipe'])} | {paper if paper is not None else '-'} | "
+                     f"**{seeds[0]}** | {second} | {mean} | {100 * m['test_accuracy']:.2f}% | {m['params']:,} | "
+                     f"{m['train_seconds']:.0f} s |")
+    lines += [""]
+    for row, text in (("kd_plain", "plain images (the paper's setting)"), ("kd", "jittered images")):
+        for name, seed in ((row, 0), (f"{row}_seed1", 1)):
+            if name in rows:
+                paper = (f"; paper: removes {HINTON['baseline'] - HINTON['kd']} of {HINTON['baseline']}"
+                         if row == "kd_plain" else "")
+                lines += [f"- {text}, seed {seed}: distillation {gain_text(rows[name]['metrics'], n)}{paper}."]
+    lines += [
+              f"- The teacher row in the students' runs re-evaluates the same checkpoint "
+              f"({errors(kd['metrics']['teacher'], n)} errors).", ""]
     lines += knowledge_table(rows, n, meta.get("rows", {}))
     lines += ["### Commands (as run, in the repository root, DISTILL_DATA=../shared/data)", ""]
     for name, r in rows.items():
@@ -138,19 +174,25 @@ def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
 def knowledge_table(rows: dict[str, dict], n: int, planned: dict[str, str]) -> list[str]:
     base = rows["kd"]["metrics"]["baseline"]
     lines = ["### Every knowledge kind on the same student, teacher, data and schedule", "",
-             "Each row is one run that differs from the others only in its loss; the baseline is the "
-             "KD run's label-only phase. Nothing was tuned here: KD as in the paper (0.1 CE + T=20); "
-             "DKD with its paper's alpha=1, beta=8, T=4; SP with CRD's weight 3000; PKT with CRD's 30000 "
-             "divided by CRD's batch of 64 (this PKTLoss sums over the batch where CRD's averages); "
-             "hint with weight 1 (CRD's 100 is for conv maps); RKD with its paper's 25/50 on the same "
-             "penultimate features (its [B, B, B] angle term makes it the slowest row at batch 256). "
-             "Train times depend on the other jobs on the shared machine more than on the loss.", "",
+             f"Each row is one run on {seen_images(rows['kd']['recipe'])} that differs from the others "
+             "only in its loss; the baseline is the KD run's label-only phase. Nothing was tuned here: KD "
+             "as in the paper (0.1 CE + T=20); DKD with its paper's alpha=1, beta=8, T=4 and 20-epoch "
+             "warm-up of its weight, and at student lr 0.02, the one schedule change in the table (without the "
+             "warm-up the student's loss became NaN in the first epoch, and with it at lr 0.05 inf in epoch 18: "
+             "`benchmarks/mnist_hinton/logs/dkd_no_weight_warmup.log`, `dkd_lr0.05.log`); SP with CRD's "
+             "weight 3000; PKT with CRD's 30000 divided by CRD's batch of 64 (this PKTLoss sums over the "
+             "batch where CRD's averages); hint with weight 1 (CRD's 100 is for conv maps); RKD's "
+             "distance term with its paper's weight 25 (RKD-D: the angle term's [B, B, B] tensors would "
+             "cost more than the rest of the table at batch 256 on this CPU). Feature and relation terms "
+             "read the penultimate activations. 'vs baseline' gives the 95% band of test-set noise for the "
+             "difference of two accuracies on these test images (as `distill run` reports it). Train times "
+             "depend on the other jobs on the machine as much as on the loss.", "",
              "| kind | method | student <- teacher | loss | test errors | accuracy | vs baseline | train time |",
              "|---|---|---|---|---:|---:|---:|---:|",
              f"| none | baseline (hard labels) | - | 1 CE | {errors(base, n)} | "
              f"{100 * base['test_accuracy']:.2f}% | - | {base['train_seconds']:.0f} s |"]
     names = {"kd": "KD (Hinton 2015)", "dkd": "DKD (Zhao 2022)", "hint": "FitNets hint (Romero 2015)",
-             "sp": "SP (Tung 2019)", "pkt": "PKT (Passalis 2018)", "rkd": "RKD (Park 2019)"}
+             "sp": "SP (Tung 2019)", "pkt": "PKT (Passalis 2018)", "rkd": "RKD-D (Park 2019)"}
     kinds = {"kd": "response", "dkd": "response", "hint": "feature", "sp": "relation", "pkt": "relation",
              "rkd": "relation"}
     for row in names:
@@ -160,10 +202,16 @@ def knowledge_table(rows: dict[str, dict], n: int, planned: dict[str, str]) -> l
         layers, loss = term_text(rows[row]["recipe"])
         connector = " (linear connector)" if m.get("connectors") else ""
         delta = errors(m, n) - errors(base, n)
+        lr = rows[row]["recipe"]["student"]["lr"]
+        if lr != rows["kd"]["recipe"]["student"]["lr"]:
+            loss += f" (student lr {lr:g})"
+        g = distillation_gain(m["test_accuracy"], base["test_accuracy"], n)
+        verdict = "significant" if g["significant"] else "within noise"
         lines.append(f"| {kinds[row]} | {names[row]} | {layers}{connector} | {loss} | {errors(m, n)} | "
-                     f"{100 * m['test_accuracy']:.2f}% | {delta:+d} errors | {m['train_seconds']:.0f} s |")
+                     f"{100 * m['test_accuracy']:.2f}% | {delta:+d} errors ({verdict}, band +-"
+                     f"{round(g['noise_band_points'] * n / 100)}) | {m['train_seconds']:.0f} s |")
     for row, kind in planned.items():
-        if row in rows:
+        if row in rows or row not in names:
             continue
         log = HERE / "mnist_hinton" / "logs" / f"{row}.log"
         epochs = re.findall(r"^student epoch (\d+)/(\d+) .*?([0-9.]+)s$", log.read_text(), re.M) if log.exists() else []
@@ -197,19 +245,22 @@ def cifar_section(meta: dict, rows: dict[str, dict]) -> list[str]:
         return lines + [""]
     any_row = next(iter(rows.values()))
     r = any_row["recipe"]
-    wall = sum(x["wall_seconds"] + stopped_teacher_seconds(pair, x) for pair, x in rows.items())
+    wall = sum(run_seconds(x) + stopped_teacher_seconds(pair, x) for pair, x in rows.items())
     lines += [
         "**This is a short schedule on a CPU, not the papers' setting.** The papers train 240 epochs "
         "on all 50,000 images with augmentation on a GPU and report CIFAR-100; the CIFAR-100 column "
         "is there for reference only (different data set, schedule and budget).",
         "",
-        f"- command: `{meta['command']}` then `python benchmarks/make_results.py`",
-        f"- machine: {meta['machine']} (shared with other jobs)",
-        f"- date: {meta['date']}; wall time: {minutes(wall)} (with the stopped run's teacher epochs)",
+        f"- commands: {', '.join(f'`{c}`' for c in meta.get('commands') or [meta['command']])}, then `python benchmarks/make_results.py`",
+        f"- machine: {meta['machine']}",
+        f"- date: {meta['date']}; wall time: {minutes(wall)}",
         f"- data: CIFAR-10 `cifar10.npz`, {any_row['metrics']['data']['train']} training images "
-        f"({r['data']['per_class']} per class, a seeded class-balanced subset), no augmentation; all "
+        f"({r['data']['per_class']} per class, a seeded class-balanced subset), "
+        f"{'pad-4 crop and flip augmentation' if r['data'].get('augment', True) else 'no augmentation'}; all "
         f"{any_row['metrics']['data']['test']} test images",
-        f"- schedule (teacher and students alike): {schedule_text(r, 'student')}",
+        *[f"- {pair}: teacher {schedule_text(x['recipe'], 'teacher')}; students (KD and baseline alike) "
+          f"{schedule_text(x['recipe'], 'student')}; bf16 autocast: {x['recipe']['speed'].get('amp') == 'bf16'}"
+          for pair, x in rows.items()],
         f"- KD student: {term_text(r)[1]}; the baseline is the same student, same initial weights "
         "and schedule, on labels alone",
         "- epoch selection: the last epoch; nothing selected on the test set",
@@ -241,7 +292,7 @@ def cifar_section(meta: dict, rows: dict[str, dict]) -> list[str]:
             lines += ["", f"{pair}: KD minus baseline = {g['accuracy_points']:+.2f} points (95% noise band "
                       f"+-{g['noise_band_points']:.2f}, {verdict}){worse}."]
     lines += ["", "Commands (as run, in the repository root, DISTILL_DATA=../shared/data):", ""]
-    lines += [f"- {pair} ({minutes(rec['wall_seconds'])}, {rec['date']}): `{rec['command']}`"
+    lines += [f"- {pair} ({minutes(run_seconds(rec))}, {rec['date']}): `{rec['command']}`"
               for pair, rec in rows.items()]
     lines += [f"- note: {note}" for note in meta.get("notes", [])]
     for pair, rec in rows.items():
@@ -259,13 +310,13 @@ def main() -> None:
     mnist_meta, mnist_rows = load(HERE / "mnist_hinton")
     cifar_meta, cifar_rows = load(HERE / "cifar10_short")
     total = (sum(run_seconds(r) for r in mnist_rows.values())
-             + sum(r["wall_seconds"] + stopped_teacher_seconds(p, r) for p, r in cifar_rows.items()))
+             + sum(run_seconds(r) + stopped_teacher_seconds(p, r) for p, r in cifar_rows.items()))
     lines = ["# Benchmarks: published results reproduced", "",
              "_Generated by `python benchmarks/make_results.py` from the recorded runs in "
              "`benchmarks/*/results/`; do not edit by hand._", "",
-             f"Sum of the recorded runs' wall times: {minutes(total)} (the CIFAR teacher ran next to the MNIST teacher; "
-             "runs that were discarded or stopped and not reused are not counted; "
-             "the MNIST students' train times are in the tables). Test figures are after the last "
+             f"Sum of the recorded runs' wall times: {minutes(total)} (runs that were discarded or "
+             "stopped and not reused are not counted; the notes say which runs shared the machine). "
+             "Test figures are after the last "
              "epoch of each run; test errors = round((1 - accuracy) x test images).", ""]
     lines += mnist_section(mnist_meta, mnist_rows)
     lines += cifar_section(cifar_meta, cifar_rows)
