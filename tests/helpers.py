@@ -1,4 +1,4 @@
-"""Helpers shared by the test files: the CLI run in-process, and a tiny image folder."""
+"""Helpers shared by the test files: the CLI run in-process, a tiny recipe, a tiny image folder."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +18,38 @@ def cli(argv: list[str], capsys) -> tuple[int, str]:
         code = e.code or 0
     out = capsys.readouterr()
     return code, out.out + out.err
+
+
+def tiny_recipe(train_limit: int, test_limit: int, teacher_epochs: int, student_epochs: int) -> str:
+    """A digits recipe small enough to run in seconds: CNN width 16 -> 4, KD + a stage3 hint."""
+    return f"""
+name = "tiny"
+seed = 0
+device = "cpu"
+[data]
+name = "digits"
+augment = false
+train_limit = {train_limit}
+test_limit = {test_limit}
+[teacher]
+model = "small_cnn"
+options = {{ width = 16 }}
+epochs = {teacher_epochs}
+batch_size = 32
+[student]
+model = "small_cnn"
+options = {{ width = 4 }}
+epochs = {student_epochs}
+batch_size = 32
+[[distill.terms]]
+loss = "kd"
+options = {{ temperature = 4.0 }}
+[[distill.terms]]
+loss = "hint"
+weight = 0.5
+student = "stage3"
+teacher = "stage3"
+"""
 
 
 def image_folder(root: Path, classes: int = 3, per_class: int = 4, size: int = 40) -> Path:

@@ -14,39 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cli
+from helpers import cli, tiny_recipe
 from distill.errors import DistillError
 from distill.models import ModelCard, build_model, save_checkpoint
 from distill.recipe import load_recipe
 
-RECIPE = """
-name = "tiny"
-seed = 0
-device = "cpu"
-[data]
-name = "digits"
-augment = false
-train_limit = 128
-test_limit = 32
-[teacher]
-model = "small_cnn"
-options = { width = 16 }
-epochs = 1
-batch_size = 32
-[student]
-model = "small_cnn"
-options = { width = 4 }
-epochs = 1
-batch_size = 32
-[[distill.terms]]
-loss = "kd"
-options = { temperature = 4.0 }
-[[distill.terms]]
-loss = "hint"
-weight = 0.5
-student = "stage3"
-teacher = "stage3"
-"""
+RECIPE = tiny_recipe(train_limit=128, test_limit=32, teacher_epochs=1, student_epochs=1)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

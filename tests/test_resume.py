@@ -14,38 +14,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from helpers import tiny_recipe
 from distill import Schedule, Supervised, fit
 from distill.errors import DistillError
 from distill.models import build_model, safe_load
 
-RECIPE = """
-name = "tiny"
-seed = 0
-device = "cpu"
-[data]
-name = "digits"
-augment = false
-train_limit = 256
-test_limit = 64
-[teacher]
-model = "small_cnn"
-options = { width = 16 }
-epochs = 4
-batch_size = 32
-[student]
-model = "small_cnn"
-options = { width = 4 }
-epochs = 3
-batch_size = 32
-[[distill.terms]]
-loss = "kd"
-options = { temperature = 4.0 }
-[[distill.terms]]
-loss = "hint"
-weight = 0.5
-student = "stage3"
-teacher = "stage3"
-"""
+RECIPE = tiny_recipe(train_limit=256, test_limit=64, teacher_epochs=4, student_epochs=3)
 
 # Runs `distill` with torch.save patched to write half of the student's epoch-2 resume file
 # (the one with hint connectors), then SIGKILL itself: a real kill in the middle of a checkpoint write.
