@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import tomllib
 from pathlib import Path
 
@@ -104,6 +105,7 @@ def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
     n = kd["metrics"]["data"]["test"]
     trec, srec = teacher["recipe"], kd["recipe"]
     wall = sum(run_seconds(r) for r in rows.values())
+    seeds = sorted({int(m[1]) for name in rows if (m := re.search(r"_seed(\d+)$", name))})  # beside seed 0
     lines = [
         "## MNIST: Hinton et al. 2015, section 3",
         "",
@@ -120,7 +122,7 @@ def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
         "Trained once; every student row reuses it (`teacher.checkpoint`). No max-norm weight "
         "constraint (the paper's teacher has one).",
         f"- students: 784-800-800-10, no dropout, no weight decay; {schedule_text(srec, 'student')}; "
-        f"seed {srec['seed']} (1 in the `_seed1` rows); the same initial weights and batch order in every "
+        f"seed {srec['seed']} (N in the `_seedN` rows); the same initial weights and batch order in every "
         "row of a seed; "
         + ("teacher outputs cached once (`distill.cache`)" if srec["distill"].get("cache") else
            "the teacher runs live in every step (no cache)"),
@@ -135,9 +137,10 @@ def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
         "the transfer set (`kd`) lets it learn the teacher's invariance too. Each pair of student "
         "rows is one run (KD phase and its hard-label baseline on the same data).",
         "",
-        "| model | images | paper: test errors | ours: test errors, seed 0 | seed 1 | mean | accuracy, seed 0 | "
-        "parameters | train time, seed 0 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | images | paper: test errors | ours: test errors, seed 0 | "
+        + "".join(f"seed {seed} | " for seed in seeds) + "mean +- sd | accuracy, seed 0 | parameters | "
+        "train time, seed 0 |",
+        "|---|---|---:|---:|" + "---:|" * len(seeds) + "---:|---:|---:|---:|",
     ]
     table = [("teacher 1200x2, dropout + jitter", "teacher", "teacher", HINTON["teacher"])]
     if "kd_plain" in rows:
@@ -147,15 +150,18 @@ def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
               ("student 800x2, distilled at T=20", "kd", "student", None)]
     for label, row, role, paper in table:
         rec, m = rows[row], rows[row]["metrics"][role]
-        seeds = [errors(m, n)] + [errors(rows[r]["metrics"][role], n) for r in (f"{row}_seed1",) if r in rows]
-        second = str(seeds[1]) if len(seeds) > 1 else "-"
-        mean = f"{sum(seeds) / len(seeds):.1f}" if len(seeds) > 1 else "-"
+        found = [errors(rows[f"{row}_seed{seed}"]["metrics"][role], n) if f"{row}_seed{seed}" in rows else None
+                 for seed in seeds]
+        values = [errors(m, n)] + [e for e in found if e is not None]
+        spread = (f"{statistics.mean(values):.1f} +- {statistics.stdev(values):.1f}" if len(values) > 1
+                  else "-")
         lines.append(f"| {label} | {seen_images(rec['recipe'])} | {paper if paper is not None else '-'} | "
-                     f"**{seeds[0]}** | {second} | {mean} | {100 * m['test_accuracy']:.2f}% | {m['params']:,} | "
+                     f"**{values[0]}** | " + "".join(f"{'-' if e is None else e} | " for e in found)
+                     + f"{spread} | {100 * m['test_accuracy']:.2f}% | {m['params']:,} | "
                      f"{m['train_seconds']:.0f} s |")
     lines += [""]
     for row, text in (("kd_plain", "plain images (the paper's setting)"), ("kd", "jittered images")):
-        for name, seed in ((row, 0), (f"{row}_seed1", 1)):
+        for name, seed in ((row, 0), *((f"{row}_seed{seed}", seed) for seed in seeds)):
             if name in rows:
                 paper = (f"; paper: removes {HINTON['baseline'] - HINTON['kd']} of {HINTON['baseline']}"
                          if row == "kd_plain" else "")

@@ -187,13 +187,18 @@ class _Context:
         self.history = [r for r in self.history if r.get("phase") != role] + history
         return model
 
+    def train_set(self, role: str):
+        """The training images of a role's phases (the student's are the baseline's and pruned
+        model's too): augmented as `data` says, or plain where the role sets `augment = false`."""
+        return self.data.train if getattr(self.recipe, role).augment else self.data.train_eval
+
     def speed(self) -> Speed:
         s = self.recipe.speed
         return Speed(amp=s.amp, channels_last=s.channels_last, compile=s.compile,
                      num_workers=self.recipe.data.num_workers)
 
-    def train(self, role: str, module: nn.Module, spec, data=None, **kwargs: Any) -> list[dict[str, Any]]:
-        return fit(module, data or self.data.train, spec.schedule(), val_data=self.data.val,
+    def train(self, role: str, module: nn.Module, spec, data, **kwargs: Any) -> list[dict[str, Any]]:
+        return fit(module, data, spec.schedule(), val_data=self.data.val,
                    device=self.device, seed=self.recipe.seed, resume_path=self.run.resume_file(role),
                    resume=True, speed=self.speed(), skip_nonfinite=self.recipe.skip_nonfinite, desc=role,
                    progress=self.progress, **kwargs)
@@ -205,7 +210,8 @@ class _Context:
         started = time.perf_counter()
         if not distributed.is_main():  # rank 0 writes the cache, the others then open it
             distributed.barrier()
-        cache = TeacherCache.build(teacher, self.data.train, [p for t in terms for p in (t.teacher,)],
+        train = self.train_set("student")
+        cache = TeacherCache.build(teacher, train, [p for t in terms for p in (t.teacher,)],
                                    self.run.path / "teacher_cache", views=d.cache_views, seed=self.recipe.seed,
                                    dtype=d.cache_dtype, device=self.device,
                                    num_workers=self.recipe.data.num_workers, progress=self.progress)
@@ -213,7 +219,7 @@ class _Context:
             distributed.barrier()
         self.metrics["teacher_cache"] = {"bytes": cache.nbytes(), "views": cache.views, "dtype": d.cache_dtype,
                                          "seconds": round(time.perf_counter() - started, 1)}
-        return CachedTeacherDataset(self.data.train, cache)
+        return CachedTeacherDataset(train, cache)
 
     def save(self, role: str, model: nn.Module, history: list[dict[str, Any]], card: ModelCard) -> None:
         if distributed.is_main():
@@ -251,7 +257,7 @@ class _Context:
         if spec.strategy == "auto" and self.progress:
             print(f"teacher strategy: {decision.strategy} ({decision.reason})")
         model = self.build("teacher", spec.weights)
-        history = adapt_teacher(model, decision.strategy, self.data.train, spec.schedule(),
+        history = adapt_teacher(model, decision.strategy, self.train_set("teacher"), spec.schedule(),
                                 train_eval=self.data.train_eval, val=self.data.val,
                                 finetune_from=spec.finetune_from, backbone_lr_scale=spec.backbone_lr_scale,
                                 device=self.device, seed=self.recipe.seed,
@@ -274,7 +280,7 @@ class _Context:
         terms = self.terms()
         distiller = Distiller(teacher, student, terms, self.data.input_shape,
                               ce_weight=self.recipe.distill.ce_weight)
-        data = self.cached_train_data(teacher, terms) if self.recipe.distill.cache else None
+        data = self.cached_train_data(teacher, terms) if self.recipe.distill.cache else self.train_set("student")
         history = self.train("student", distiller, self.recipe.student, data=data)
         self.save("student", student, history, self.card("student"))
         self.record("student", student, history, connectors=sorted(distiller.connectors))
@@ -285,7 +291,7 @@ class _Context:
         if done is not None:
             return done
         model = self.build("student", self.recipe.student.weights)
-        history = self.train("baseline", Supervised(model), self.recipe.student)
+        history = self.train("baseline", Supervised(model), self.recipe.student, self.train_set("student"))
         self.save("baseline", model, history, self.card("student"))
         self.record("baseline", model, history)
         return model
@@ -320,7 +326,7 @@ class _Context:
                                           ce_weight=self.recipe.distill.ce_weight)
         else:
             module = Supervised(model)
-        history = fit(module, self.data.train, schedule, val_data=self.data.val, device=self.device,
+        history = fit(module, self.train_set("student"), schedule, val_data=self.data.val, device=self.device,
                       seed=self.recipe.seed, resume_path=self.run.resume_file("pruned"), resume=True,
                       speed=self.speed(), skip_nonfinite=self.recipe.skip_nonfinite, desc="pruned",
                       progress=self.progress)

@@ -67,6 +67,8 @@ class ModelSpec:
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     warmup_epochs: int = 0
+    augment: bool = True              # false: this role trains on plain images even when data.augment
+                                      # (Hinton's students learn from the jittered teacher on plain ones)
 
     def schedule(self) -> Schedule:
         names = {f.name for f in dataclasses.fields(Schedule)}

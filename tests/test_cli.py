@@ -84,6 +84,32 @@ def test_quickstart_run_directory_summary_and_resume(tmp_path, capsys):
     assert "different recipe" in distill(*args, "--resume", "--set", "seed=1", expect=2, capsys=capsys)
 
 
+def test_a_role_with_augment_false_trains_on_plain_images_in_the_same_run(tmp_path, monkeypatch, capsys):
+    """Hinton's MNIST setting in one run: the teacher learns from jittered images, the students
+    (distilled and baseline) from the same images unshifted."""
+    from distill import pipeline, transfer
+    seen = {}
+
+    def spy(module, data, *args, desc="", **kwargs):
+        seen[desc] = data
+        return real_fit(module, data, *args, desc=desc, **kwargs)
+
+    real_fit = pipeline.fit
+    monkeypatch.setattr(pipeline, "fit", spy)
+    monkeypatch.setattr(transfer, "fit", spy)
+    distill("run", "quickstart", "--out", str(tmp_path / "r"), "-q", "--set", "data.jitter=2",
+            "--set", "data.augment=true", "--set", "student.augment=false",
+            *[arg for s in TINY for arg in ("--set", s)], capsys=capsys)
+
+    def shifts(dataset) -> bool:  # the same image read twice comes back different
+        views = [dataset[0][0] for _ in range(10)]
+        return any(not torch.equal(views[0], v) for v in views[1:])
+
+    assert set(seen) == {"teacher", "student", "baseline"}
+    assert shifts(seen["teacher"])
+    assert not shifts(seen["student"]) and not shifts(seen["baseline"])
+
+
 def test_mnist_recipe_without_the_file_says_where_to_put_it(tmp_path, capsys):
     text = distill("run", "mnist_hinton", "--out", str(tmp_path / "r"), "--data-root", str(tmp_path),
                    expect=2, capsys=capsys)
