@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from .losses import build_loss
 from .models import ModelCard, load_checkpoint, save_checkpoint
 from .models.checkpoint import safe_load
 from .models.stats import count_macs, count_params
-from .recipe import Recipe, to_toml
+from .recipe import Recipe, recipe_from_dict, to_toml
 from .train import Schedule, Speed, Supervised, evaluate, fit, resolve_device
 
 
@@ -53,7 +54,7 @@ class RunDir:
         if started and not resume:
             raise DistillError(f"run directory {self.path} already holds a run; expected --resume to "
                                "continue it, or a new --out")
-        if started and resume and self.recipe.read_text() != recipe_text:
+        if started and resume and _resolved(self.recipe.read_text()) != recipe_text:
             raise DistillError(f"run directory {self.path} was started with a different recipe; "
                                f"expected the same recipe and --set values to resume (see {self.recipe})")
         try:
@@ -65,6 +66,15 @@ class RunDir:
             raise DistillError(f"cannot write to run directory {self.path}: {e.strerror}; expected a "
                                "writable --out directory") from e
         _atomic_write_text(self.recipe, recipe_text)
+
+
+def _resolved(recipe_text: str) -> str:
+    """A stored recipe.toml as this version resolves it: a run started before a new key (with its
+    default) was added still counts as the same recipe. Text that no longer validates stays as is."""
+    try:
+        return to_toml(recipe_from_dict(tomllib.loads(recipe_text)))
+    except (tomllib.TOMLDecodeError, DistillError):
+        return recipe_text
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -84,6 +84,19 @@ def test_quickstart_run_directory_summary_and_resume(tmp_path, capsys):
     assert "different recipe" in distill(*args, "--resume", "--set", "seed=1", expect=2, capsys=capsys)
 
 
+def test_a_run_started_before_a_new_recipe_key_existed_still_resumes(tmp_path, capsys):
+    """A run directory whose recipe.toml lacks a key added later (with its default) is the same recipe."""
+    out = tmp_path / "r"
+    args = ["run", "quickstart", "--out", str(out), "-q", *[arg for s in TINY for arg in ("--set", s)]]
+    distill(*args, capsys=capsys)
+    stored = out / "recipe.toml"
+    older = "\n".join(line for line in stored.read_text().splitlines() if line != "augment = true")
+    assert older != stored.read_text()
+    stored.write_text(older)
+    distill(*args, "--resume", capsys=capsys)
+    assert "different recipe" in distill(*args, "--resume", "--set", "seed=1", expect=2, capsys=capsys)
+
+
 def test_a_role_with_augment_false_trains_on_plain_images_in_the_same_run(tmp_path, monkeypatch, capsys):
     """Hinton's MNIST setting in one run: the teacher learns from jittered images, the students
     (distilled and baseline) from the same images unshifted."""
