@@ -102,12 +102,12 @@ def test_a_role_with_augment_false_trains_on_plain_images_in_the_same_run(tmp_pa
     (distilled and baseline) from the same images unshifted."""
     from distill import pipeline, transfer
     seen = {}
+    real_fit = pipeline.fit
 
     def spy(module, data, *args, desc="", **kwargs):
         seen[desc] = data
         return real_fit(module, data, *args, desc=desc, **kwargs)
 
-    real_fit = pipeline.fit
     monkeypatch.setattr(pipeline, "fit", spy)
     monkeypatch.setattr(transfer, "fit", spy)
     distill("run", "quickstart", "--out", str(tmp_path / "r"), "-q", "--set", "data.jitter=2",
