@@ -49,10 +49,20 @@ S_PEN, T_PEN = "features.4", "features.6"
 
 def term(loss: str, weight: float, student: str = "logits", teacher: str = "logits", warmup_epochs: int = 0,
          **options) -> str:
+    """One `[[distill.terms]]` entry as an inline TOML table."""
     opts = ", ".join(f"{k} = {v}" for k, v in options.items())
     warmup = f", warmup_epochs = {warmup_epochs}" if warmup_epochs else ""
-    return (f'distill.terms=[{{ loss = "{loss}", weight = {weight}, student = "{student}", '
-            f'teacher = "{teacher}"{warmup}, options = {{ {opts} }} }}]')
+    return (f'{{ loss = "{loss}", weight = {weight}, student = "{student}", '
+            f'teacher = "{teacher}"{warmup}, options = {{ {opts} }} }}')
+
+
+def terms(*entries: str) -> str:
+    return f"distill.terms=[{', '.join(entries)}]"
+
+
+KD = term("kd", 1.0, temperature=20.0)
+HINT = term("hint", 1.0, S_PEN, T_PEN)
+PKT = term("pkt", 470.0, S_PEN, T_PEN)
 
 
 # row -> (what it transfers, extra overrides). ce_weight 1 + term for feature/relation terms
@@ -60,21 +70,28 @@ def term(loss: str, weight: float, student: str = "logits", teacher: str = "logi
 # term alone (RKD-D in its paper): the angle term's [B, B, B] tensors cost about 70 s per epoch at
 # batch 256 here, more than the rest of the table together.
 ROWS = {
-    "kd": ("response", ["distill.ce_weight=0.1", term("kd", 1.0, temperature=20.0)]),
-    "kd_plain": ("response", [*PLAIN, "distill.ce_weight=0.1", term("kd", 1.0, temperature=20.0)]),
+    "kd": ("response", ["distill.ce_weight=0.1", terms(KD)]),
+    "kd_plain": ("response", [*PLAIN, "distill.ce_weight=0.1", terms(KD)]),
     # DKD's loss weight warms up over 20 epochs, as in its paper's code (mdistiller); without it the
     # student's loss became NaN in the first epoch here, and with it at lr 0.05 inf in epoch 18
     # (logs/dkd_no_weight_warmup.log, logs/dkd_lr0.05.log): this row alone trains at lr 0.02
     "dkd": ("response", ["distill.ce_weight=1.0", "student.lr=0.02",
-                         term("dkd", 1.0, warmup_epochs=20, alpha=1.0, beta=8.0, temperature=4.0),
+                         terms(term("dkd", 1.0, warmup_epochs=20, alpha=1.0, beta=8.0, temperature=4.0)),
                          "baseline.enabled=false"]),
-    "hint": ("feature", ["distill.ce_weight=1.0", term("hint", 1.0, S_PEN, T_PEN), "baseline.enabled=false"]),
-    "sp": ("relation", ["distill.ce_weight=1.0", term("sp", 3000.0, S_PEN, T_PEN), "baseline.enabled=false"]),
-    "pkt": ("relation", ["distill.ce_weight=1.0", term("pkt", 470.0, S_PEN, T_PEN), "baseline.enabled=false"]),
+    "hint": ("feature", ["distill.ce_weight=1.0", terms(HINT), "baseline.enabled=false"]),
+    "sp": ("relation", ["distill.ce_weight=1.0", terms(term("sp", 3000.0, S_PEN, T_PEN)), "baseline.enabled=false"]),
+    "pkt": ("relation", ["distill.ce_weight=1.0", terms(PKT), "baseline.enabled=false"]),
     "rkd": ("relation", ["distill.ce_weight=1.0",
-                         term("rkd", 1.0, S_PEN, T_PEN, distance_weight=25.0, angle_weight=0.0),
+                         terms(term("rkd", 1.0, S_PEN, T_PEN, distance_weight=25.0, angle_weight=0.0)),
                          "baseline.enabled=false"]),
 }
+# every kind again on plain images (the paper's setting, where KD's gain is clear), and KD together
+# with a feature or a relation term; the baseline is kd_plain's
+ROWS |= {f"{row}_plain": (ROWS[row][0], [*PLAIN, *ROWS[row][1]]) for row in ("dkd", "hint", "sp", "pkt", "rkd")}
+ROWS |= {"kd_hint_plain": ("response + feature", [*PLAIN, "distill.ce_weight=0.1", terms(KD, HINT),
+                                                   "baseline.enabled=false"]),
+         "kd_pkt_plain": ("response + relation", [*PLAIN, "distill.ce_weight=0.1", terms(KD, PKT),
+                                                   "baseline.enabled=false"])}
 # more seeds of the paper's comparison (other initial weights, batch order and jitter)
 ROWS |= {f"{row}_seed{seed}": (ROWS[row][0], [*ROWS[row][1], f"seed={seed}"])
          for seed in (1, 2, 3) for row in ("kd", "kd_plain")}
