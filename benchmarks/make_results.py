@@ -170,6 +170,7 @@ def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
               f"- The teacher row in the students' runs re-evaluates the same checkpoint "
               f"({errors(kd['metrics']['teacher'], n)} errors).", ""]
     lines += knowledge_table(rows, n, meta.get("rows", {}))
+    lines += knowledge_table(rows, n, meta.get("rows", {}), suffix="_plain")
     lines += ["### Commands (as run, in the repository root, DISTILL_DATA=../shared/data)", ""]
     for name, r in rows.items():
         lines += [f"- {name} ({minutes(run_seconds(r))}, {r['date']}, load average before "
@@ -177,11 +178,21 @@ def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
-def knowledge_table(rows: dict[str, dict], n: int, planned: dict[str, str]) -> list[str]:
-    base = rows["kd"]["metrics"]["baseline"]
-    lines = ["### Every knowledge kind on the same student, teacher, data and schedule", "",
-             f"Each row is one run on {seen_images(rows['kd']['recipe'])} that differs from the others "
-             "only in its loss; the baseline is the KD run's label-only phase. Nothing was tuned here: KD "
+METHODS = {"kd": ("response", "KD (Hinton 2015)"), "dkd": ("response", "DKD (Zhao 2022)"),
+           "hint": ("feature", "FitNets hint (Romero 2015)"), "sp": ("relation", "SP (Tung 2019)"),
+           "pkt": ("relation", "PKT (Passalis 2018)"), "rkd": ("relation", "RKD-D (Park 2019)"),
+           "kd_hint": ("response + feature", "KD + FitNets hint"), "kd_pkt": ("response + relation", "KD + PKT")}
+
+
+def knowledge_table(rows: dict[str, dict], n: int, planned: dict[str, str], suffix: str = "") -> list[str]:
+    """One row per method on the data of row `kd<suffix>`, whose label-only phase is the baseline."""
+    if f"kd{suffix}" not in rows:
+        return []
+    kd = rows[f"kd{suffix}"]
+    base, images = kd["metrics"]["baseline"], seen_images(kd["recipe"])
+    lines = [f"### Every knowledge kind on the same student, teacher, schedule and data: {images}", "",
+             f"Each row is one run on {images} that differs from the others only in its loss; the baseline "
+             f"is the label-only phase of `kd{suffix}`. Nothing was tuned here: KD "
              "as in the paper (0.1 CE + T=20); DKD with its paper's alpha=1, beta=8, T=4 and 20-epoch "
              "warm-up of its weight, and at student lr 0.02, the one schedule change in the table (without the "
              "warm-up the student's loss became NaN in the first epoch, and with it at lr 0.05 inf in epoch 18: "
@@ -189,7 +200,8 @@ def knowledge_table(rows: dict[str, dict], n: int, planned: dict[str, str]) -> l
              "weight 3000; PKT with CRD's 30000 divided by CRD's batch of 64 (this PKTLoss sums over the "
              "batch where CRD's averages); hint with weight 1 (CRD's 100 is for conv maps); RKD's "
              "distance term with its paper's weight 25 (RKD-D: the angle term's [B, B, B] tensors would "
-             "cost more than the rest of the table at batch 256 on this CPU). Feature and relation terms "
+             "cost more than the rest of the table at batch 256 on this CPU); KD + hint and KD + PKT add "
+             "that term, at the same weight, to the KD row's loss. Feature and relation terms "
              "read the penultimate activations. 'vs baseline' gives the 95% band of test-set noise for the "
              "difference of two accuracies on these test images (as `distill run` reports it). Train times "
              "depend on the other jobs on the machine as much as on the loss.", "",
@@ -197,11 +209,8 @@ def knowledge_table(rows: dict[str, dict], n: int, planned: dict[str, str]) -> l
              "|---|---|---|---|---:|---:|---:|---:|",
              f"| none | baseline (hard labels) | - | 1 CE | {errors(base, n)} | "
              f"{100 * base['test_accuracy']:.2f}% | - | {base['train_seconds']:.0f} s |"]
-    names = {"kd": "KD (Hinton 2015)", "dkd": "DKD (Zhao 2022)", "hint": "FitNets hint (Romero 2015)",
-             "sp": "SP (Tung 2019)", "pkt": "PKT (Passalis 2018)", "rkd": "RKD-D (Park 2019)"}
-    kinds = {"kd": "response", "dkd": "response", "hint": "feature", "sp": "relation", "pkt": "relation",
-             "rkd": "relation"}
-    for row in names:
+    for method, (kind, name) in METHODS.items():
+        row = method + suffix
         if row not in rows:
             continue
         m = rows[row]["metrics"]["student"]
@@ -209,15 +218,16 @@ def knowledge_table(rows: dict[str, dict], n: int, planned: dict[str, str]) -> l
         connector = " (linear connector)" if m.get("connectors") else ""
         delta = errors(m, n) - errors(base, n)
         lr = rows[row]["recipe"]["student"]["lr"]
-        if lr != rows["kd"]["recipe"]["student"]["lr"]:
+        if lr != kd["recipe"]["student"]["lr"]:
             loss += f" (student lr {lr:g})"
         g = distillation_gain(m["test_accuracy"], base["test_accuracy"], n)
         verdict = "significant" if g["significant"] else "within noise"
-        lines.append(f"| {kinds[row]} | {names[row]} | {layers}{connector} | {loss} | {errors(m, n)} | "
+        lines.append(f"| {kind} | {name} | {layers}{connector} | {loss} | {errors(m, n)} | "
                      f"{100 * m['test_accuracy']:.2f}% | {delta:+d} errors ({verdict}, band +-"
                      f"{round(g['noise_band_points'] * n / 100)}) | {m['train_seconds']:.0f} s |")
-    for row, kind in planned.items():
-        if row in rows or row not in names:
+    for method, (kind, name) in METHODS.items():
+        row = method + suffix
+        if row in rows or row not in planned:
             continue
         log = HERE / "mnist_hinton" / "logs" / f"{row}.log"
         epochs = re.findall(r"^student epoch (\d+)/(\d+) .*?([0-9.]+)s$", log.read_text(), re.M) if log.exists() else []
@@ -226,8 +236,8 @@ def knowledge_table(rows: dict[str, dict], n: int, planned: dict[str, str]) -> l
             mean = sum(float(e[2]) for e in epochs) / len(epochs)
             why = (f"stopped after {len(epochs)} of {epochs[0][1]} epochs for time ({mean:.0f} s per epoch, "
                    f"see `benchmarks/mnist_hinton/logs/{row}.log`); no test figure")
-        lines.append(f"| {kind} | {names[row]} | - | - | - | | | {why} |")
-    for row, (kind, why) in NOT_APPLICABLE.items():
+        lines.append(f"| {kind} | {name} | - | - | - | | | {why} |")
+    for kind, why in NOT_APPLICABLE.values():
         lines.append(f"| {kind} | AT (Zagoruyko 2017) | - | - | n/a | n/a | - | {why} |")
     return lines + [""]
 

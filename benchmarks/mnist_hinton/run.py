@@ -1,17 +1,18 @@
 """Hinton et al. 2015, section 3, on MNIST, and every knowledge kind on the same student.
 
-    python benchmarks/mnist_hinton/run.py          # teacher + 13 student runs; see RESULTS.md for the time
+    python benchmarks/mnist_hinton/run.py          # teacher + 20 student runs; see RESULTS.md for the time
     python benchmarks/mnist_hinton/run.py kd dkd   # only these rows (the teacher must be recorded)
 
 1. The teacher: `distill run recipes/mnist_hinton.toml` (784-1200-1200-10, dropout 0.2 on the
    input and 0.5 on the hidden layers, +-2 pixel jitter) with the schedule below. That command
    also distils a student; here its student phase is cut to one epoch and thrown away, so that
    the student rows can choose their own data (plain or jittered images).
-2. Every student row reuses that teacher (`teacher.checkpoint`), trains the same 784-800-800-10
-   student (no dropout, no weight decay) with the same schedule and seed, and differs only in its
-   loss, except `kd_plain`, which is `kd` on plain images: the paper's exact setting. The teacher
-   runs live (no `distill.cache`: the jittered views change every epoch). Each KD run's baseline
-   phase is the hard-label student on the same data.
+2. Every student row reuses that teacher (`teacher.checkpoint`) and trains the same 784-800-800-10
+   student (no dropout, no weight decay) with the same schedule. Rows differ only in their loss,
+   their data (`_plain` rows see plain images, the paper's exact setting; the others the
+   teacher's jitter) or their seed (`_seedN`; 0 otherwise). The teacher runs live (no
+   `distill.cache`: the jittered views change every epoch). Each KD run's baseline phase is the
+   hard-label student on the same data.
 All figures are test accuracy after the last epoch (no selection on the test set). Records go to
 benchmarks/mnist_hinton/results/<row>/ (metrics.json, history.csv, recipe.toml, record.json);
 checkpoints stay in runs/mnist_hinton/ (not committed). `python benchmarks/make_results.py` then
