@@ -190,21 +190,26 @@ def knowledge_table(rows: dict[str, dict], n: int, planned: dict[str, str], suff
         return []
     kd = rows[f"kd{suffix}"]
     base, images = kd["metrics"]["baseline"], seen_images(kd["recipe"])
+    if suffix:
+        intro = (f"Each row is one run on {images} with the loss, weights and schedule of the same method "
+                 f"in the table above; the baseline is the label-only phase of `kd{suffix}`.")
+    else:
+        intro = (f"Each row is one run on {images} that differs from the others only in its loss; the baseline "
+                 f"is the label-only phase of `kd{suffix}`. Nothing was tuned here: KD "
+                 "as in the paper (0.1 CE + T=20); DKD with its paper's alpha=1, beta=8, T=4 and 20-epoch "
+                 "warm-up of its weight, and at student lr 0.02, the one schedule change in the table (without the "
+                 "warm-up the student's loss became NaN in the first epoch, and with it at lr 0.05 inf in epoch 18: "
+                 "`benchmarks/mnist_hinton/logs/dkd_no_weight_warmup.log`, `dkd_lr0.05.log`); SP with CRD's "
+                 "weight 3000; PKT with CRD's 30000 divided by CRD's batch of 64 (this PKTLoss sums over the "
+                 "batch where CRD's averages); hint with weight 1 (CRD's 100 is for conv maps); RKD's "
+                 "distance term with its paper's weight 25 (RKD-D: the angle term's [B, B, B] tensors would "
+                 "cost more than the rest of the table at batch 256 on this CPU); KD + hint and KD + PKT add "
+                 "that term, at the same weight, to the KD row's loss. Feature and relation terms "
+                 "read the penultimate activations. 'vs baseline' gives the 95% band of test-set noise for the "
+                 "difference of two accuracies on these test images (as `distill run` reports it). Train times "
+                 "depend on the other jobs on the machine as much as on the loss.")
     lines = [f"### Every knowledge kind on the same student, teacher, schedule and data: {images}", "",
-             f"Each row is one run on {images} that differs from the others only in its loss; the baseline "
-             f"is the label-only phase of `kd{suffix}`. Nothing was tuned here: KD "
-             "as in the paper (0.1 CE + T=20); DKD with its paper's alpha=1, beta=8, T=4 and 20-epoch "
-             "warm-up of its weight, and at student lr 0.02, the one schedule change in the table (without the "
-             "warm-up the student's loss became NaN in the first epoch, and with it at lr 0.05 inf in epoch 18: "
-             "`benchmarks/mnist_hinton/logs/dkd_no_weight_warmup.log`, `dkd_lr0.05.log`); SP with CRD's "
-             "weight 3000; PKT with CRD's 30000 divided by CRD's batch of 64 (this PKTLoss sums over the "
-             "batch where CRD's averages); hint with weight 1 (CRD's 100 is for conv maps); RKD's "
-             "distance term with its paper's weight 25 (RKD-D: the angle term's [B, B, B] tensors would "
-             "cost more than the rest of the table at batch 256 on this CPU); KD + hint and KD + PKT add "
-             "that term, at the same weight, to the KD row's loss. Feature and relation terms "
-             "read the penultimate activations. 'vs baseline' gives the 95% band of test-set noise for the "
-             "difference of two accuracies on these test images (as `distill run` reports it). Train times "
-             "depend on the other jobs on the machine as much as on the loss.", "",
+             intro, "",
              "| kind | method | student <- teacher | loss | test errors | accuracy | vs baseline | train time |",
              "|---|---|---|---|---:|---:|---:|---:|",
              f"| none | baseline (hard labels) | - | 1 CE | {errors(base, n)} | "
