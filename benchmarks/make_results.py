@@ -92,7 +92,8 @@ def gain_text(m: dict, n: int) -> str:
     verb = f"removes {removed} of" if removed >= 0 else f"adds {-removed} to"
     text = f"{verb} the baseline's {errors(base, n)} test errors ({g.get('accuracy_points', 0):+.2f} points"
     if "noise_band_points" in g:
-        text += (f"; the 95% noise band of a {n}-image test set, as `distill run` reports it, is "
+        kind = "paired (McNemar)" if g.get("test") else "unpaired (as if the two were scored on different images)"
+        text += (f"; the {kind} 95% noise band of a {n}-image test set, as `distill run` reported it, is "
                  f"+-{g['noise_band_points']:.2f} points, so the gain is {'' if g['significant'] else 'NOT '}significant")
     return text + ")"
 
@@ -205,8 +206,9 @@ def knowledge_table(rows: dict[str, dict], n: int, planned: dict[str, str], suff
                  "distance term with its paper's weight 25 (RKD-D: the angle term's [B, B, B] tensors would "
                  "cost more than the rest of the table at batch 256 on this CPU); KD + hint and KD + PKT add "
                  "that term, at the same weight, to the KD row's loss. Feature and relation terms "
-                 "read the penultimate activations. 'vs baseline' gives the 95% band of test-set noise for the "
-                 "difference of two accuracies on these test images (as `distill run` reports it). Train times "
+                 "read the penultimate activations. 'vs baseline' gives the unpaired 95% band of test-set noise for "
+                 "the difference of two accuracies on these test images (the runs' per-image answers are not "
+                 "recorded, so the narrower paired band cannot be computed across runs). Train times "
                  "depend on the other jobs on the machine as much as on the loss.")
     lines = [f"### Every knowledge kind on the same student, teacher, schedule and data: {images}", "",
              intro, "",
@@ -310,7 +312,8 @@ def cifar_section(meta: dict, rows: dict[str, dict]) -> list[str]:
         if "noise_band_points" in g:
             verdict = "significant" if g["significant"] else "not significant"
             worse = ": negative transfer, KD made the student worse" if g["accuracy_points"] < 0 else ""
-            lines += ["", f"{pair}: KD minus baseline = {g['accuracy_points']:+.2f} points (95% noise band "
+            kind = "paired" if g.get("test") else "unpaired"
+            lines += ["", f"{pair}: KD minus baseline = {g['accuracy_points']:+.2f} points ({kind} 95% noise band "
                       f"+-{g['noise_band_points']:.2f}, {verdict}){worse}."]
     lines += ["", "Commands (as run, in the repository root, DISTILL_DATA=../shared/data):", ""]
     lines += [f"- {pair} ({minutes(run_seconds(rec))}, {rec['date']}): `{rec['command']}`"

@@ -12,7 +12,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,19 +112,38 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
 def evaluate(model: nn.Module, data: Dataset | DataLoader, device: torch.device | str = "cpu",
              batch_size: int = 256) -> dict[str, float]:
     """Accuracy (fraction 0..1) and mean cross-entropy of a classifier on a dataset."""
+    correct, total, loss = 0, 0, 0.0
+    for logits, targets in _outputs(model, data, device, batch_size):
+        loss += F.cross_entropy(logits, targets, reduction="sum").item()
+        correct += (logits.argmax(1) == targets).sum().item()
+        total += targets.numel()
+    return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
+
+
+@torch.no_grad()
+def correct_predictions(model: nn.Module, data: Dataset | DataLoader, device: torch.device | str = "cpu",
+                        batch_size: int = 256) -> Tensor:
+    """Per image, in dataset order, whether the model's top class is the label: a bool tensor [N].
+
+    Two models' masks on the same images allow a paired comparison (`pipeline.paired_gain`).
+    """
+    masks = [(logits.argmax(1) == targets).cpu() for logits, targets in _outputs(model, data, device, batch_size)]
+    return torch.cat(masks) if masks else torch.zeros(0, dtype=torch.bool)
+
+
+def _outputs(model: nn.Module, data: Dataset | DataLoader, device: torch.device | str,
+             batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(logits, labels) batch by batch with the model in eval mode; its mode is restored afterwards."""
     device = torch.device(device)
     loader = data if isinstance(data, DataLoader) else make_loader(data, batch_size, shuffle=False)
     was_training = model.training
     model.eval()
-    correct, total, loss = 0, 0, 0.0
-    for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
-        logits = model(images)
-        loss += F.cross_entropy(logits, targets, reduction="sum").item()
-        correct += (logits.argmax(1) == targets).sum().item()
-        total += targets.numel()
-    model.train(was_training)
-    return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
+    try:
+        for images, targets in loader:
+            targets = targets.to(device)
+            yield model(images.to(device)), targets
+    finally:
+        model.train(was_training)
 
 
 def _rng_state() -> dict[str, Any]:

@@ -65,6 +65,9 @@ def test_quickstart_run_directory_summary_and_resume(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["gain"]["accuracy_points"] == pytest.approx(
         100 * (metrics["student"]["test_accuracy"] - metrics["baseline"]["test_accuracy"]), abs=1e-3)
+    gain, n = metrics["gain"], metrics["data"]["test"]  # paired: both models scored on the same images
+    assert gain["student_only_right"] - gain["baseline_only_right"] == round(
+        n * (metrics["student"]["test_accuracy"] - metrics["baseline"]["test_accuracy"]))
     assert metrics["student"]["params"] < metrics["teacher"]["params"] / 10
     checkpoint = torch.load(out / "student.pt", weights_only=True)
     assert checkpoint["card"]["arch"] == "mlp"
