@@ -221,7 +221,7 @@ class _Context:
         if not distributed.is_main():  # rank 0 writes the cache, the others then open it
             distributed.barrier()
         train = self.train_set("student")
-        cache = TeacherCache.build(teacher, train, [p for t in terms for p in (t.teacher,)],
+        cache = TeacherCache.build(teacher, train, [t.teacher for t in terms],
                                    self.run.path / "teacher_cache", views=d.cache_views, seed=self.recipe.seed,
                                    dtype=d.cache_dtype, device=self.device,
                                    num_workers=self.recipe.data.num_workers, progress=self.progress)
@@ -291,7 +291,7 @@ class _Context:
         distiller = Distiller(teacher, student, terms, self.data.input_shape,
                               ce_weight=self.recipe.distill.ce_weight)
         data = self.cached_train_data(teacher, terms) if self.recipe.distill.cache else self.train_set("student")
-        history = self.train("student", distiller, self.recipe.student, data=data)
+        history = self.train("student", distiller, self.recipe.student, data)
         self.save("student", student, history, self.card("student"))
         self.record("student", student, history, connectors=sorted(distiller.connectors))
         return student
