@@ -14,7 +14,7 @@ import statistics
 import tomllib
 from pathlib import Path
 
-from distill.pipeline import distillation_gain
+from distill.gain import distillation_gain
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

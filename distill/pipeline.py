@@ -28,6 +28,7 @@ from .losses import build_loss
 from .models import ModelCard, load_checkpoint, save_checkpoint
 from .models.checkpoint import safe_load
 from .models.stats import count_macs, count_params
+from .gain import paired_gain
 from .recipe import Recipe, recipe_from_dict, to_toml
 from .train import Schedule, Speed, Supervised, correct_predictions, evaluate, fit, resolve_device
 
@@ -381,36 +382,6 @@ class _Context:
 
 
 # --------------------------------------------------------------------------- summary
-
-def distillation_gain(student: float, baseline: float, n_test: int) -> dict[str, Any]:
-    """Student minus baseline accuracy, in points, with the 95% band of test-set sampling noise.
-
-    The band is 1.96 standard errors of the difference of two independent accuracies measured on
-    `n_test` images: a gain inside it could be luck of the test sample. When both models' answers
-    on the same images are at hand, `paired_gain` gives a narrower, sharper band.
-    """
-    se = math.sqrt((student * (1 - student) + baseline * (1 - baseline)) / max(n_test, 1))
-    points, band = 100 * (student - baseline), 100 * 1.96 * se
-    return {"accuracy_points": round(points, 3), "noise_band_points": round(band, 3),
-            "significant": abs(points) > band, "negative_transfer": points < 0}
-
-
-def paired_gain(student_correct: torch.Tensor, baseline_correct: torch.Tensor) -> dict[str, Any]:
-    """Student minus baseline accuracy on the same test images, with McNemar's paired 95% band.
-
-    Only the images the two models disagree on carry evidence: with `b` right by the student alone
-    and `c` by the baseline alone, the gain is (b - c) / n, and were the models equally good, b - c
-    would vary by sqrt(b + c). Both models sharing the easy and the hard images makes this band
-    narrower than `distillation_gain`'s, which has to treat the two accuracies as independent.
-    """
-    n = max(len(student_correct), 1)
-    b = int((student_correct & ~baseline_correct).sum())
-    c = int((baseline_correct & ~student_correct).sum())
-    points, band = 100 * (b - c) / n, 100 * 1.96 * math.sqrt(b + c) / n
-    return {"accuracy_points": round(points, 3), "noise_band_points": round(band, 3),
-            "significant": abs(points) > band, "negative_transfer": points < 0,
-            "test": "paired (McNemar)", "student_only_right": b, "baseline_only_right": c}
-
 
 def summary_table(metrics: dict[str, Any]) -> str:
     """The end-of-run table: accuracy, params and MACs per model, and what distillation bought."""

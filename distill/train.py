@@ -125,7 +125,7 @@ def correct_predictions(model: nn.Module, data: Dataset | DataLoader, device: to
                         batch_size: int = 256) -> Tensor:
     """Per image, in dataset order, whether the model's top class is the label: a bool tensor [N].
 
-    Two models' masks on the same images allow a paired comparison (`pipeline.paired_gain`).
+    Two models' masks on the same images allow a paired comparison (`distill.gain.paired_gain`).
     """
     masks = [(logits.argmax(1) == targets).cpu() for logits, targets in _outputs(model, data, device, batch_size)]
     return torch.cat(masks) if masks else torch.zeros(0, dtype=torch.bool)

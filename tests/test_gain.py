@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from distill import evaluate
-from distill.pipeline import distillation_gain, paired_gain
+from distill.gain import distillation_gain, paired_gain
 from distill.train import correct_predictions
 
 

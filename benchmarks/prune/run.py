@@ -97,7 +97,7 @@ def first_run() -> str:
 
 def render() -> str:
     """RESULTS.md from results/: every figure is read from a metrics.json, bench.json or record."""
-    from distill.pipeline import distillation_gain
+    from distill.gain import distillation_gain
 
     meta = json.loads((RESULTS / "meta.json").read_text())
     records = {name: json.loads((RESULTS / name / "record.json").read_text()) for name in RUNS}
