@@ -6,21 +6,17 @@ The Python API in one screen:
     from distill.losses import KDLoss, HintLoss, RKDLoss
     from distill.models import build_model, save_checkpoint, load_checkpoint
 
-Names are imported on first use, so `distill --help` (and setting OpenMP variables before torch
-loads, as `distill bench` does) stays possible.
+OpenMP threads are told to wait passively (unless OMP_WAIT_POLICY is already set): spinning threads
+steal the cores their partners need on a busy machine, which made eager latency many times worse in
+benchmarks/speed. libgomp reads the variable once, when torch loads, so it is set before torch.
 """
-from __future__ import annotations
+import os
 
-import importlib
-from typing import Any
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .distiller import Distiller, Term  # noqa: E402  (after the OpenMP setting)
+from .settings import Schedule, Speed  # noqa: E402
+from .train import Supervised, evaluate, fit  # noqa: E402
 
 __version__ = "0.1.0"
-_EXPORTS = {"Distiller": "distiller", "Term": "distiller", "Schedule": "train", "Speed": "train",
-            "Supervised": "train", "evaluate": "train", "fit": "train"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'distill' has no attribute {name!r}")
+__all__ = ["Distiller", "Schedule", "Speed", "Supervised", "Term", "evaluate", "fit"]

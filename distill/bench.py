@@ -172,8 +172,8 @@ def benchmark(artifacts: Mapping[str, str | Path | Artifact | tuple[nn.Module, M
     `round_time` seconds of back-to-back calls. `threads` defaults to the physical cores. `data`
     (a Dataset, DataLoader or (x, y) tensors of preprocessed inputs) adds test accuracy.
 
-    On a shared machine, set OMP_WAIT_POLICY=PASSIVE before torch is imported (`distill bench`
-    does): spinning OpenMP threads otherwise inflate eager latency many times over.
+    On a shared machine, set OMP_WAIT_POLICY=PASSIVE before torch is imported (`import distill`
+    does, unless it is set): spinning OpenMP threads otherwise inflate eager latency many times over.
     """
     if not artifacts:
         raise DistillError("nothing to benchmark; expected at least a teacher")

@@ -81,7 +81,7 @@ class Distiller(nn.Module):
         if len(set(names)) != len(names) or "ce" in names:
             raise DistillError(f"term names must be unique and not 'ce'; got {names}")
         self.teacher = teacher.eval().requires_grad_(False)
-        self.student = student
+        self.student = student.to(_device_of(teacher))  # one device for both, and the connectors
         self.terms = list(terms)
         self.ce_weight = ce_weight
         for term in self.terms:  # registered so .to(device) moves loss buffers too
@@ -91,13 +91,29 @@ class Distiller(nn.Module):
         self.connectors = nn.ModuleDict(self._probe_connectors(tuple(input_shape)))
         self.epoch = 0  # set by fit (set_epoch) for terms with a warm-up
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer updates: the student and the connectors, never the teacher."""
+        return [p for p in (*self.student.parameters(), *self.connectors.parameters()) if p.requires_grad]
+
+    def close(self) -> None:
+        """Remove the feature hooks from both models and drop the features they last captured, so
+        the models go back to the user (or into a deepcopy) exactly as they came. Idempotent."""
+        self._teacher_taps.remove()
+        self._student_taps.remove()
+
+    def __enter__(self) -> "Distiller":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _probe_connectors(self, input_shape: tuple[int, ...]) -> dict[str, nn.Module]:
         was_training = self.student.training
         self.student.eval()
-        probe = torch.randn(2, *input_shape, device=next(self.student.parameters()).device)
+        probe = torch.randn(2, *input_shape, device=_device_of(self.teacher))
         with torch.no_grad():
             s_out = self._student_features(probe)
             t_out = self._teacher_features(probe)
@@ -133,10 +149,10 @@ class Distiller(nn.Module):
         t_out = teacher_outputs if teacher_outputs is not None else self._teacher_features(images)
         s_out = self._student_features(images)
         logits = s_out[LOGITS]
-        pairs = {}
+        compared = {}  # the student side of each term, mapped to the teacher's shape where needed
         for term in self.terms:
             s = s_out[term.student]
-            pairs[term.name] = self.connectors[term.name](s) if term.name in self.connectors else s
+            compared[term.name] = self.connectors[term.name](s) if term.name in self.connectors else s
         # The losses run in float32 even under autocast: soft targets at T=20 differ in the third
         # significant digit, below bf16's resolution, and T^2 scales the rounding error up with them.
         losses: dict[str, Tensor] = {}
@@ -144,7 +160,7 @@ class Distiller(nn.Module):
             if self.ce_weight:
                 losses["ce"] = self.ce_weight * F.cross_entropy(_full_precision(logits), targets)
             for term in self.terms:
-                s = _full_precision(pairs[term.name])
+                s = _full_precision(compared[term.name])
                 t = t_out[term.teacher].to(s.dtype)
                 value = term.loss(s, t, targets) if getattr(term.loss, "needs_targets", False) else term.loss(s, t)
                 losses[term.name] = term.weight_at(self.epoch) * value
@@ -154,3 +170,11 @@ class Distiller(nn.Module):
 def _full_precision(x: Tensor) -> Tensor:
     """float16/bfloat16 -> float32; float32 and float64 stay as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """Where a model's weights live (CPU for a model without any)."""
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")

@@ -189,7 +189,7 @@ def probe_layers(model: nn.Module, layers: Sequence[str], train: Dataset, test: 
     """Fit a linear probe on each layer's pooled activations and say which depth to transfer from.
 
     Args:
-        train: labelled images without augmentation (a DataBundle's `train_eval`).
+        train: labelled images without augmentation (a DataBundle's `train_plain`).
         val: where the l2 strength and the best layer are chosen; without it, seeded stratified
             `folds`-fold cross-validation on `train` chooses, then each probe is refitted on all of it.
         test: scored for reference only; it never influences a choice.

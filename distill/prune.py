@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from .errors import DistillError, did_you_mean
 from .models.checkpoint import load_checkpoint, save_checkpoint
 from .models.registry import last_layer
+from .models.stats import si
 
 IMPORTANCES = ("magnitude", "taylor", "lamp")
 TOLERANCE = 0.05  # the achieved MACs ratio counts as on target within 5% of it
@@ -58,8 +59,8 @@ class PruneReport:
 
     def summary(self) -> str:
         """A small before/after table for the terminal."""
-        rows = [("MACs", _human(self.macs_before), _human(self.macs_after), self.macs_after / self.macs_before),
-                ("params", _human(self.params_before), _human(self.params_after),
+        rows = [("MACs", si(self.macs_before), si(self.macs_after), self.macs_after / self.macs_before),
+                ("params", si(self.params_before), si(self.params_after),
                  self.params_after / self.params_before)]
         if self.latency_ms_before and self.latency_ms_after:
             rows.append(("latency (ms, batch 1)", f"{self.latency_ms_before:.2f}",
@@ -70,13 +71,6 @@ class PruneReport:
         lines.append(f"target: keep {self.target:.0%} of the MACs ({verdict}); {self.importance} "
                      f"importance, {self.steps} step{'s' * (self.steps != 1)}")
         return "\n".join(lines)
-
-
-def _human(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(int(n))
 
 
 def prune_model(model: nn.Module, example_input: Tensor, *, macs_ratio: float = 0.5,

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DistillError, did_you_mean
-from .train import Schedule
-from .transfer import STRATEGIES as TEACHER_STRATEGIES
-
+from .losses import LOSSES, build_loss
+from .models.registry import available_models
+from .settings import Schedule, Speed, check_cache, check_device
+from .strategy import STRATEGIES as TEACHER_STRATEGIES
 
 
 @dataclass
@@ -62,6 +63,7 @@ class ModelSpec:
     lr: float = 0.05
     optimizer: str = "sgd"
     momentum: float = 0.9
+    nesterov: bool = True             # SGD with Nesterov momentum (the CRD/DKD references: false)
     weight_decay: float = 5e-4
     scheduler: str = "cosine"
     milestones: list[int] = field(default_factory=list)
@@ -165,6 +167,24 @@ class Recipe:
 
 
 # ----------------------------------------------------------------------------- reading
+
+def shipped_recipes_dir() -> Path:
+    """recipes/ beside the package (a source checkout or an editable install)."""
+    return Path(__file__).resolve().parents[1] / "recipes"
+
+
+def find_recipe(name: str) -> Path:
+    """A path, or the name of a shipped recipe (`quickstart` -> recipes/quickstart.toml)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = shipped_recipes_dir() / f"{name.removesuffix('.toml')}.toml"
+    if shipped.exists() and not path.suffix:
+        return shipped
+    known = sorted(p.stem for p in shipped_recipes_dir().glob("*.toml"))
+    raise DistillError(f"recipe {name!r} not found{did_you_mean(path.stem, known)}; expected a .toml "
+                       f"path or a shipped recipe name ({', '.join(known)})")
+
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read, override and validate a recipe file."""
@@ -323,36 +343,50 @@ def _positive(value: float, path: str, integer: bool = False) -> None:
 
 
 def _check(r: Recipe) -> None:
-    from .losses import LOSSES
-    if r.device not in ("auto", "cpu", "cuda") and not r.device.startswith("cuda:"):
-        raise DistillError(f"device: expected auto, cpu, cuda or cuda:N, got {r.device!r}")
+    check_device(r.device)
     if not 0 <= r.data.val_fraction < 1:
         raise DistillError(f"data.val_fraction: expected a fraction in [0, 1), got {r.data.val_fraction!r}")
     for key in ("image_size", "channels", "per_class", "train_limit", "test_limit", "num_classes"):
         _positive(getattr(r.data, key), f"data.{key}", integer=True)
     for role in ("teacher", "student"):
-        spec: ModelSpec = getattr(r, role)
-        for key in ("epochs", "batch_size"):
-            _positive(getattr(spec, key), f"{role}.{key}", integer=True)
-        _positive(spec.lr, f"{role}.lr")
-        if spec.strategy is None:
-            spec.strategy = "full" if spec.weights else "scratch"
-        for key, valid in (("optimizer", Schedule.OPTIMIZERS), ("scheduler", Schedule.SCHEDULERS),
-                           ("strategy", TEACHER_STRATEGIES)):
-            if getattr(spec, key) not in valid:
-                raise DistillError(f"{role}.{key}: expected one of {', '.join(valid)}, got "
-                                   f"{getattr(spec, key)!r}{did_you_mean(getattr(spec, key), valid)}")
-        _check_model_name(spec.model, f"{role}.model")
+        _check_model_spec(getattr(r, role), role)
     if r.student.strategy not in ("scratch", "full"):
         raise DistillError("student.strategy: students are trained whole by distillation; expected no "
                            "key (set student.weights to start from pretrained weights)")
     if r.teacher.strategy == "finetune" and not r.teacher.finetune_from:
         raise DistillError("teacher.finetune_from is required with strategy 'finetune'; expected a "
                            "module path such as 'layer4'")
-    if r.distill.ce_weight < 0:
-        raise DistillError(f"distill.ce_weight: expected a number >= 0, got {r.distill.ce_weight!r}")
+    _check_distill(r.distill)
+    _checked("speed.", Speed, amp=r.speed.amp)
+    _checked("data.", Speed, num_workers=r.data.num_workers)
+    _check_prune(r.prune)
+    _positive(r.export.atol, "export.atol")
+
+
+def _checked(where: str, check, *args: Any, **kwargs: Any) -> Any:
+    """Run a check defined beside the value it checks, reporting it under the recipe key `where`
+    (a `where` ending in "." prefixes the key the message starts with: "teacher." + "lr: expected")."""
+    try:
+        return check(*args, **kwargs)
+    except DistillError as e:
+        raise DistillError(f"{where}{e}" if where.endswith(".") else f"{where}: {e}") from None
+
+
+def _check_model_spec(spec: ModelSpec, role: str) -> None:
+    _checked(f"{role}.", spec.schedule)
+    if spec.strategy is None:
+        spec.strategy = "full" if spec.weights else "scratch"
+    if spec.strategy not in TEACHER_STRATEGIES:
+        raise DistillError(f"{role}.strategy: expected one of {', '.join(TEACHER_STRATEGIES)}, got "
+                           f"{spec.strategy!r}{did_you_mean(spec.strategy, TEACHER_STRATEGIES)}")
+    _check_model_name(spec.model, f"{role}.model")
+
+
+def _check_distill(d: DistillSpec) -> None:
+    if d.ce_weight < 0:
+        raise DistillError(f"distill.ce_weight: expected a number >= 0, got {d.ce_weight!r}")
     names = set()
-    for i, term in enumerate(r.distill.terms):
+    for i, term in enumerate(d.terms):
         where = f"distill.terms.{i}"
         if term.loss not in LOSSES:
             raise DistillError(f"{where}.loss: unknown loss {term.loss!r}{did_you_mean(term.loss, LOSSES)}; "
@@ -367,40 +401,28 @@ def _check(r: Recipe) -> None:
                                "(set name = '...' on one of them)")
         names.add(name)
         term.name = name
-        _check_loss_options(term, where)
-    _positive(r.distill.cache_views, "distill.cache_views", integer=True)
-    if r.distill.cache_dtype not in ("float16", "float32"):
-        raise DistillError(f"distill.cache_dtype: expected float16 or float32, got {r.distill.cache_dtype!r}")
-    if r.speed.amp not in (None, "bf16", "fp16"):
-        raise DistillError(f"speed.amp: expected bf16 or fp16 (or no key), got {r.speed.amp!r}")
-    if not 0 < r.prune.macs < 1:
-        raise DistillError(f"prune.macs: expected the fraction of MACs to keep, in (0, 1), got {r.prune.macs!r}")
-    if r.prune.recovery not in ("kd", "finetune"):
-        raise DistillError(f"prune.recovery: expected kd or finetune, got {r.prune.recovery!r}")
-    _positive(r.prune.epochs, "prune.epochs", integer=True)
-    _positive(r.prune.batch_size, "prune.batch_size", integer=True)
-    _positive(r.prune.steps, "prune.steps", integer=True)
-    _positive(r.prune.lr, "prune.lr")
-    _positive(r.prune.temperature, "prune.temperature")
-    _positive(r.export.atol, "export.atol")
+        _checked(where, build_loss, term.loss, **term.options)
+    _checked("distill.", check_cache, d.cache_views, d.cache_dtype)
+
+
+def _check_prune(p: PruneSpec) -> None:
+    if not 0 < p.macs < 1:
+        raise DistillError(f"prune.macs: expected the fraction of MACs to keep, in (0, 1), got {p.macs!r}")
+    if p.recovery not in ("kd", "finetune"):
+        raise DistillError(f"prune.recovery: expected kd or finetune, got {p.recovery!r}")
+    for key in ("epochs", "batch_size", "steps"):
+        _positive(getattr(p, key), f"prune.{key}", integer=True)
+    _positive(p.lr, "prune.lr")
+    _positive(p.temperature, "prune.temperature")
 
 
 def _check_model_name(name: str, path: str) -> None:
-    from .models.registry import available_models
     if ":" in name:
         return
     models = available_models()
     if name not in models:
         raise DistillError(f"{path}: unknown model {name!r}{did_you_mean(name, models)}; expected a name "
                            "from `distill models` or 'package.module:factory'")
-
-
-def _check_loss_options(term: TermSpec, where: str) -> None:
-    from .losses import build_loss
-    try:
-        build_loss(term.loss, **term.options)
-    except DistillError as e:
-        raise DistillError(f"{where}: {e}") from None
 
 
 def to_toml(recipe: Recipe) -> str:

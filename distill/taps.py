@@ -59,6 +59,8 @@ class FeatureTaps:
         return hook
 
     def remove(self) -> None:
+        """Detach the hooks and drop the captured outputs (they hold the last batch's activations)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self.outputs.clear()

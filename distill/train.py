@@ -8,12 +8,9 @@ complete epoch, and on CPU in deterministic mode ends with exactly the weights o
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,9 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .errors import DistillError
-from .models import atomic_save, safe_load
+from .files import atomic_save
+from .models import safe_load
+from .settings import Schedule, Speed
 
 
 class Supervised(nn.Module):
@@ -35,68 +34,12 @@ class Supervised(nn.Module):
         super().__init__()
         self.student = model
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.student.parameters() if p.requires_grad]
+
     def forward(self, images: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self.student(images)
         return logits, {"ce": F.cross_entropy(logits, targets)}
-
-
-@dataclass
-class Schedule:
-    """How one phase trains: optimizer, learning-rate schedule, epochs and batch size."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.05
-    optimizer: str = "sgd"          # sgd | adam | adamw
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    scheduler: str = "cosine"       # cosine | step | constant
-    milestones: list[int] = field(default_factory=list)  # for step: epochs where lr *= gamma
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-
-    OPTIMIZERS = ("sgd", "adam", "adamw")
-    SCHEDULERS = ("cosine", "step", "constant")
-
-    def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
-                raise DistillError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
-        if not self.lr > 0:
-            raise DistillError(f"lr must be positive, got {self.lr!r}")
-        if self.optimizer not in self.OPTIMIZERS:
-            raise DistillError(f"optimizer must be one of {', '.join(self.OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.scheduler not in self.SCHEDULERS:
-            raise DistillError(f"scheduler must be one of {', '.join(self.SCHEDULERS)}, got {self.scheduler!r}")
-
-    def make_optimizer(self, params: Iterable) -> torch.optim.Optimizer:
-        if self.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
-                                   weight_decay=self.weight_decay, nesterov=self.momentum > 0)
-        cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.AdamW
-        return cls(params, lr=self.lr, weight_decay=self.weight_decay)
-
-    def lr_factor(self, epoch: float) -> float:
-        """Multiplier of the base learning rate at a (fractional) epoch."""
-        if epoch < self.warmup_epochs:  # linear from 0: a fresh net's first steps are its largest
-            return epoch / self.warmup_epochs
-        if self.scheduler == "cosine":
-            span = max(self.epochs - self.warmup_epochs, 1)
-            return 0.5 * (1 + math.cos(math.pi * (epoch - self.warmup_epochs) / span))
-        if self.scheduler == "step":
-            return self.gamma ** sum(epoch >= m for m in self.milestones)
-        return 1.0
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without it is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DistillError("device 'cuda' requested but no CUDA GPU is available; expected --device cpu or auto")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise DistillError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
-    return torch.device(device)
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
@@ -160,36 +103,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The module's own `trainable_parameters()`, else every parameter that requires grad."""
+    if hasattr(module, "trainable_parameters"):
+        return list(module.trainable_parameters())
+    return [p for p in module.parameters() if p.requires_grad]
+
+
 def _trainable(module: nn.Module) -> dict[str, nn.Module]:
     """The parts of a training module that a resume file must hold (never the frozen teacher)."""
     parts = {"student": module.student}
     if getattr(module, "connectors", None) is not None and len(module.connectors):
         parts["connectors"] = module.connectors
     return parts
-
-
-@dataclass
-class Speed:
-    """Fast paths for training: mixed precision, memory layout, compilation, loader workers."""
-
-    amp: str | None = None          # None | "bf16" | "fp16" (autocast; fp16 uses a GradScaler on CUDA)
-    channels_last: bool = False     # NHWC memory layout for conv nets (faster on GPUs and oneDNN)
-    compile: bool = False           # torch.compile the training module
-    num_workers: int = 0
-
-    AMP = ("bf16", "fp16")
-
-    def __post_init__(self) -> None:
-        if self.amp not in (None, *self.AMP):
-            raise DistillError(f"amp must be bf16 or fp16 (or unset), got {self.amp!r}")
-        if self.num_workers < 0:
-            raise DistillError(f"num_workers must be >= 0, got {self.num_workers!r}")
-
-    def autocast(self, device: torch.device):
-        if self.amp is None:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
-        return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def fit(module: nn.Module, train_data: Dataset, schedule: Schedule, *,
@@ -202,7 +128,9 @@ def fit(module: nn.Module, train_data: Dataset, schedule: Schedule, *,
     """Train `module` for `schedule.epochs` epochs; returns the per-epoch history.
 
     Args:
-        module: forward `(images, targets) -> (logits, {term: loss})` with a `.student` attribute.
+        module: forward `(images, targets) -> (logits, {term: loss})` with a `.student` attribute: a
+            `Distiller`, or a classifier wrapped in `Supervised`; its `trainable_parameters()`, when
+            it has one, says what the optimizer updates.
             Batches of three items `(images, targets, teacher_outputs)` (from a TeacherCache) pass
             the third as `teacher_outputs=`.
         param_groups: optimizer groups, each with an optional "lr_scale" (e.g. a smaller rate for a
@@ -222,7 +150,7 @@ def fit(module: nn.Module, train_data: Dataset, schedule: Schedule, *,
     module.to(device)
     if speed.channels_last:
         module.to(memory_format=torch.channels_last)
-    groups = param_groups or [{"params": [p for p in module.parameters() if p.requires_grad]}]
+    groups = param_groups or [{"params": _trainable_parameters(module)}]
     for g in groups:
         g.setdefault("lr_scale", 1.0)
         g["lr"] = schedule.lr * g["lr_scale"]

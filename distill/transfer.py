@@ -13,7 +13,6 @@ Strategies (after CS231n's transfer-learning advice):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,36 +22,8 @@ from torch.utils.data import Dataset, TensorDataset
 from .errors import DistillError
 from .models.registry import last_layer
 from .taps import check_path
+from .strategy import STRATEGIES
 from .train import Schedule, Supervised, fit, make_loader
-
-STRATEGIES = ("scratch", "feature_extraction", "finetune", "full", "auto")
-FEW_LABELS_PER_CLASS = 100  # below this, auto keeps the backbone fixed
-
-
-@dataclass
-class Decision:
-    strategy: str
-    reason: str
-
-
-def choose_strategy(requested: str, pretrained: bool, examples_per_class: float) -> Decision:
-    """Resolve `auto` (and check the others make sense) for a teacher."""
-    if requested == "scratch" and pretrained:
-        raise DistillError("teacher strategy 'scratch' trains from random initialisation but teacher.weights "
-                           "is set; expected no weights, or strategy full, finetune or feature_extraction")
-    if requested != "auto":
-        if requested != "scratch" and not pretrained:
-            raise DistillError(f"teacher strategy {requested!r} needs pretrained weights; expected "
-                               "teacher.weights (a torchvision weights name or a checkpoint path)")
-        return Decision(requested, "requested")
-    if not pretrained:
-        return Decision("scratch", "no pretrained weights given")
-    if examples_per_class < FEW_LABELS_PER_CLASS:
-        return Decision("feature_extraction", f"{examples_per_class:.0f} labelled examples per class "
-                        f"(< {FEW_LABELS_PER_CLASS}): too few to fine-tune the backbone without overfitting")
-    return Decision("full", f"{examples_per_class:.0f} labelled examples per class "
-                    f"(>= {FEW_LABELS_PER_CLASS}): enough to fine-tune everything at a reduced backbone rate")
-
 
 class PartlyFrozen(Supervised):
     """Cross-entropy training that keeps the BN layers of the frozen part in eval mode."""
@@ -116,7 +87,7 @@ def cnn_codes(model: nn.Module, data: Dataset, device: torch.device, batch_size:
 
 
 def adapt_teacher(model: nn.Module, strategy: str, train: Dataset, schedule: Schedule, *,
-                  train_eval: Dataset | None = None, val: Dataset | None = None,
+                  train_plain: Dataset | None = None, val: Dataset | None = None,
                   finetune_from: str | None = None, backbone_lr_scale: float = 0.1,
                   **fit_kwargs: Any) -> list[dict[str, Any]]:
     """Train `model` in place by `strategy` (not `auto`: resolve it with choose_strategy first)."""
@@ -133,7 +104,7 @@ def adapt_teacher(model: nn.Module, strategy: str, train: Dataset, schedule: Sch
         return fit(PartlyFrozen(model, frozen_bn), train, schedule, val_data=val, param_groups=groups,
                    **fit_kwargs)
     if strategy == "feature_extraction":
-        return _train_head_on_codes(model, train_eval or train, val, schedule, **fit_kwargs)
+        return _train_head_on_codes(model, train_plain or train, val, schedule, **fit_kwargs)
     raise DistillError(f"unknown teacher strategy {strategy!r}; expected one of {', '.join(STRATEGIES[:4])}")
 
 

@@ -146,7 +146,7 @@ CASES = [
     ("output is a file", "run {F}/recipe.toml --out {F}/a_file -q",
      r"Directory '.*a_file' is a file", r"`distill run --help` lists what is expected"),
     ("unknown --device", RUN + " --device tpu",
-     r"'tpu' is not one of 'auto', 'cpu', 'cuda'", r"lists what is expected"),
+     r"device", r"expected auto, cpu, cuda or cuda:N, got 'tpu'"),
     ("an ONNX file that is not ONNX", "bench --teacher {F}/three_classes.pt --student {F}/not_onnx.onnx -o {O} -q",
      r"not_onnx\.onnx is not an ONNX model", r"expected a file written by distill export"),
 ]

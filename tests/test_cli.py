@@ -103,15 +103,16 @@ def test_a_run_started_before_a_new_recipe_key_existed_still_resumes(tmp_path, c
 def test_a_role_with_augment_false_trains_on_plain_images_in_the_same_run(tmp_path, monkeypatch, capsys):
     """Hinton's MNIST setting in one run: the teacher learns from jittered images, the students
     (distilled and baseline) from the same images unshifted."""
-    from distill import pipeline, transfer
+    from distill import transfer
+    from distill.phases import student
     seen = {}
-    real_fit = pipeline.fit
+    real_fit = student.fit
 
     def spy(module, data, *args, desc="", **kwargs):
         seen[desc] = data
         return real_fit(module, data, *args, desc=desc, **kwargs)
 
-    monkeypatch.setattr(pipeline, "fit", spy)
+    monkeypatch.setattr(student, "fit", spy)
     monkeypatch.setattr(transfer, "fit", spy)
     distill("run", "quickstart", "--out", str(tmp_path / "r"), "-q", "--set", "data.jitter=2",
             "--set", "data.augment=true", "--set", "student.augment=false",
@@ -139,7 +140,7 @@ def test_mnist_recipe_without_the_file_says_where_to_put_it(tmp_path, capsys):
     (["run", "quickstart", "--set", "student.epochs=0"], "student.epochs: expected a positive integer"),
     (["run", "quickstart", "--set", "distill.terms.0.student=stage9"], "no layer 'stage9'"),
     (["run", "quickstart", "--set", "teacher.model=resnet19"], "did you mean 'resnet18'"),
-    (["run", "quickstart", "--device", "tpu"], "Invalid value for '--device'"),
+    (["run", "quickstart", "--device", "tpu"], "device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
     (["models", "--layers", "nosuchnet"], "unknown model 'nosuchnet'"),
 ])
 def test_bad_arguments_are_one_line_errors_with_exit_code_2(args, message, tmp_path, capsys):

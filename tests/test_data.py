@@ -54,8 +54,8 @@ def test_digits_pixels_scale_from_0_16_to_0_1_then_normalise_with_training_stati
     pixels = b.train.source.images.float() / 16
     assert b.mean[0] == pytest.approx(pixels.mean().item(), abs=1e-4)
     assert b.std[0] == pytest.approx(pixels.std().item(), abs=1e-3)
-    x, y = b.train_eval[5]
-    i = int(b.train_eval.indices[5])
+    x, y = b.train_plain[5]
+    i = int(b.train_plain.indices[5])
     raw = torch.from_numpy(b.train.source.images[i].numpy().astype(np.float32)) / 16
     assert torch.allclose(x, (raw - b.mean[0]) / b.std[0], atol=1e-6)
     assert any((load_digits().images == b.train.source.images[i, 0].numpy()).all((1, 2)))
@@ -126,11 +126,11 @@ def test_cifar10_npz_is_read_channels_last_and_augmented_only_for_training(tmp_p
                 - torch.tensor(b.mean)[:, None, None]) / torch.tensor(b.std)[:, None, None]
     assert torch.allclose(b.test[3][0], expected, atol=1e-5)
     torch.manual_seed(0)
-    for split in (b.test, b.val, b.train_eval):  # deterministic: same tensor every time
+    for split in (b.test, b.val, b.train_plain):  # deterministic: same tensor every time
         assert torch.equal(split[0][0], split[0][0])
     first = b.train[0][0]
     assert any(not torch.equal(first, b.train[0][0]) for _ in range(10))  # random crop / flip
-    assert torch.equal(b.train_eval.indices, b.train.indices)
+    assert torch.equal(b.train_plain.indices, b.train.indices)
 
 
 # --- npz validation -----------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_imagefolder_loads_class_folders_with_imagenet_preprocessing(tmp_path):
     assert b.input_shape == (3, 16, 16) and b.mean == (0.485, 0.456, 0.406)
     assert b.train[0][0].shape == b.test[3][0].shape == (3, 16, 16) and b.test[3][1] == 1
     assert torch.equal(b.test[0][0], b.test[0][0])
-    assert torch.equal(b.train_eval[0][0], b.train_eval[0][0])
+    assert torch.equal(b.train_plain[0][0], b.train_plain[0][0])
     grey = load_data("imagefolder", path=tmp_path, image_size=8, channels=1, val_fraction=0.5)
     assert grey.train[0][0].shape == (1, 8, 8) and len(grey.val) == len(grey.train) == 3
 
@@ -287,13 +287,13 @@ def test_channels_and_image_size_convert_what_the_model_sees():
 def test_jitter_shifts_only_training_images():
     torch.manual_seed(0)
     plain = load_data("digits")
-    assert torch.equal(plain.train[0][0], plain.train_eval[0][0])  # no augmentation by default
+    assert torch.equal(plain.train[0][0], plain.train_plain[0][0])  # no augmentation by default
     b = load_data("digits", jitter=2)
     draws = [b.train[0][0] for _ in range(10)]
-    assert any(not torch.equal(x, b.train_eval[0][0]) for x in draws)
-    assert all(torch.equal(b.train_eval[0][0], plain.train_eval[0][0]) for _ in range(3))
+    assert any(not torch.equal(x, b.train_plain[0][0]) for x in draws)
+    assert all(torch.equal(b.train_plain[0][0], plain.train_plain[0][0]) for _ in range(3))
     off = load_data("digits", jitter=2, augment=False)
-    assert torch.equal(off.train[0][0], off.train_eval[0][0])
+    assert torch.equal(off.train[0][0], off.train_plain[0][0])
 
 
 def test_fake_data_is_deterministic_and_shaped_as_asked():

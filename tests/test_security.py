@@ -16,7 +16,7 @@ from helpers import cli
 from distill.data import load_data
 from distill.errors import DistillError
 from distill.models import build_model, load_checkpoint, safe_load
-from distill.models.checkpoint import read_state_dict
+from distill.models import read_state_dict
 
 PACKAGE = Path(__file__).resolve().parents[1] / "distill"
 RECIPE = """

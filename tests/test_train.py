@@ -59,10 +59,10 @@ def test_warmup_rises_linearly_from_zero_then_hands_over_to_the_schedule():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"epochs": 0}, "epochs must be a positive integer"),
-    ({"batch_size": -1}, "batch_size must be a positive integer"),
-    ({"lr": 0}, "lr must be positive"),
-    ({"optimizer": "lbfgs"}, "optimizer must be one of"),
+    ({"epochs": 0}, "epochs: expected a positive integer"),
+    ({"batch_size": -1}, "batch_size: expected a positive integer"),
+    ({"lr": 0}, "lr: expected a positive number"),
+    ({"optimizer": "lbfgs"}, "optimizer: expected one of"),
 ])
 def test_bad_schedules_are_refused_with_what_was_expected(kwargs, message):
     with pytest.raises(DistillError, match=message):
@@ -154,5 +154,5 @@ def test_bf16_autocast_and_channels_last_train_a_conv_net_on_cpu():
 
 def test_unknown_amp_mode_is_refused():
     from distill import Speed
-    with pytest.raises(DistillError, match="amp must be bf16 or fp16"):
+    with pytest.raises(DistillError, match="amp: expected bf16 or fp16"):
         Speed(amp="int4")

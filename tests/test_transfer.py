@@ -11,8 +11,9 @@ from distill.cli import main
 from helpers import image_folder
 from distill.errors import DistillError
 from distill.models import ModelCard, build_model, load_checkpoint, save_checkpoint
-from distill.train import Schedule
-from distill.transfer import FEW_LABELS_PER_CLASS, adapt_teacher, choose_strategy
+from distill.settings import Schedule
+from distill.strategy import FEW_LABELS_PER_CLASS, choose_strategy
+from distill.transfer import adapt_teacher
 
 CLASSES, SHAPE = 4, (3, 32, 32)
 

@@ -10,29 +10,6 @@ import click
 
 from ..errors import DistillError
 
-# PyTorch's OpenMP threads spin at every barrier by default; on a busy machine the spinning thread
-# steals the core its partner needs and eager latency grows 10x or more. ORT's pool is set not to
-# spin either (see distill.export.load_onnx), so both runtimes wait the same way. libgomp reads the
-# variable when torch loads, so it only takes effect if torch is not loaded yet.
-if "torch" not in sys.modules:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def load_test_data(name: str, root: str | None, card):
-    """The DataBundle of dataset `name`, preprocessed the way the model of `card` expects."""
-    try:
-        from ..data import load_data
-    except ImportError as e:
-        raise DistillError(f"--data needs distill.data, which this install lacks ({e}); "
-                           "expected a distill version with datasets") from e
-    bundle = load_data(name, root=root, augment=False, channels=card.input_shape[0],
-                       image_size=card.input_shape[-1], mean=tuple(card.mean), std=tuple(card.std))
-    if tuple(bundle.input_shape) != tuple(card.input_shape):
-        raise DistillError(f"dataset {name!r} gives inputs of shape {tuple(bundle.input_shape)}; expected "
-                           f"{tuple(card.input_shape)} as the model card says")
-    return bundle
-
-
 def _name(path: Path, taken: dict) -> str:
     name = path.name.removesuffix(".onnx") if path.suffix == ".onnx" else path.stem
     return f"{path.parent.name}/{name}" if name in taken else name
@@ -94,8 +71,9 @@ def bench(run_dir: Path | None, teacher: Path | None, students: tuple[Path, ...]
     data = None
     if data_name:  # preprocess as the teacher expects; load it once
         from ..bench import load_artifact
+        from ..model_data import data_for_card
         artifacts[first] = load_artifact(artifacts[first], first)
-        data = load_test_data(data_name, data_root, artifacts[first].card)
+        data = data_for_card(data_name, artifacts[first].card, root=data_root)
     batch_sizes = (1, throughput_batch) if throughput_batch > 1 else (1,)
     result = benchmark(artifacts, teacher=first, batch_sizes=batch_sizes, threads=threads, rounds=rounds,
                        round_time=round_time, warmup=warmup, runtimes=runtimes, data=data,

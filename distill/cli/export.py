@@ -8,13 +8,6 @@ import click
 from ..errors import DistillError
 
 
-def _inputs(dataset, n: int, shuffle: bool = False):
-    """`n` inputs of a dataset as one batch: the first ones, or a seeded random draw."""
-    import torch
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)) if shuffle else range(len(dataset))
-    return torch.stack([dataset[int(i)][0] for i in order[:n]])
-
-
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -40,6 +33,7 @@ def export(checkpoint: Path, output: Path | None, atol: float, opset: int, int8:
     """
     import torch
 
+    from ..data import take_batch
     from ..export import export_onnx, load_onnx, quantize_int8, run_onnx
     from ..models import load_checkpoint
 
@@ -49,16 +43,16 @@ def export(checkpoint: Path, output: Path | None, atol: float, opset: int, int8:
     output = output or checkpoint.with_suffix(".onnx")
     bundle = None
     if data_name:
-        from .bench import load_test_data
-        bundle = load_test_data(data_name, data_root, card)
-    sample = _inputs(bundle.test, 32) if bundle else None
+        from ..model_data import data_for_card
+        bundle = data_for_card(data_name, card, root=data_root)
+    sample = take_batch(bundle.test, 32)[0] if bundle else None
     report = export_onnx(model, card, output, sample=sample, atol=atol, opset=opset)
     click.echo(report.summary())
     if not int8:
         return
 
     if bundle:
-        calib = _inputs(bundle.train_eval, calibration, shuffle=True)
+        calib = take_batch(bundle.train_plain, calibration, shuffle=True)[0]
         source = f"{len(calib)} random {data_name} training images"
     else:
         gen = torch.Generator().manual_seed(0)

@@ -1,7 +1,6 @@
 """`distill probe`: linear-probe accuracy per depth of a teacher, and which depth to transfer from."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -9,9 +8,6 @@ import click
 from ..errors import DistillError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
-# Spinning OpenMP threads make a busy machine's small steps many times slower (see distill/cli/bench.py);
-# libgomp reads this when torch loads, which is after this module is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _split_list(value: str | None, option: str, cast=str) -> list | None:
@@ -30,23 +26,15 @@ def _split_list(value: str | None, option: str, cast=str) -> list | None:
 def _from_checkpoint(path: Path, data: str | None, data_root: str | None, classes: list[int] | None,
                      per_class: int | None, test_limit: int | None):
     """(model, bundle) for a distill checkpoint, preprocessed the way its card says."""
-    from ..data import load_data
+    from ..model_data import data_for_card
     from ..models import load_checkpoint
 
     if data is None:
         raise DistillError(f"probing checkpoint {path} needs data; expected --data NAME (e.g. cifar10), "
                            "an image folder or an .npz file")
     model, card = load_checkpoint(path)
-    name, file = data, None
-    if Path(data).is_dir() or data.endswith(".npz"):
-        name, file = ("imagefolder" if Path(data).is_dir() else "npz"), data
-    channels, height, width = card.input_shape
-    bundle = load_data(name, root=data_root, path=file, augment=False, channels=channels,
-                       image_size=height if height == width else None, mean=card.mean, std=card.std,
-                       classes=classes, per_class=per_class, test_limit=test_limit)
-    if tuple(bundle.input_shape) != tuple(card.input_shape):
-        raise DistillError(f"data {data!r} gives inputs of shape {tuple(bundle.input_shape)}; expected "
-                           f"{tuple(card.input_shape)} as the checkpoint's model card says")
+    bundle = data_for_card(data, card, root=data_root, same_classes=False, classes=classes,
+                           per_class=per_class, test_limit=test_limit)
     return model, bundle
 
 
@@ -55,18 +43,12 @@ def _from_recipe(recipe: str, overrides: list[str], run_dir: Path | None, data_r
     """(model, bundle, source): the recipe's teacher (its run's teacher.pt with --run) on its data."""
     import torch
 
-    from ..data import load_data
+    from ..model_data import data_for_recipe
     from ..models import build_model, load_checkpoint
-    from ..recipe import load_recipe
-    from .run import find_recipe
+    from ..recipe import find_recipe, load_recipe
 
     r = load_recipe(find_recipe(recipe), overrides)
-    d = r.data
-    bundle = load_data(d.name, root=data_root or d.root, path=d.path, val_fraction=d.val_fraction,
-                       augment=False, image_size=d.image_size, channels=d.channels, download=d.download,
-                       seed=r.seed, train_limit=d.train_limit, test_limit=test_limit or d.test_limit,
-                       mean=d.mean, std=d.std, classes=d.classes, per_class=per_class or d.per_class,
-                       num_classes=d.num_classes)
+    bundle = data_for_recipe(r, data_root, augment=False, test_limit=test_limit, per_class=per_class)
     if run_dir is not None:
         path = run_dir / "teacher.pt"
         if not path.is_file():
@@ -99,7 +81,7 @@ def _from_recipe(recipe: str, overrides: list[str], run_dir: Path | None, data_r
 @click.option("--test-limit", type=int, default=None, help="Test images scored (stratified; default: all).")
 @click.option("--folds", default=5, show_default=True,
               help="Cross-validation folds on train that choose, when the data has no validation split.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where probe.json and probe.png go (default: STEM_probe/ beside the checkpoint, "
                    "else ./RECIPE_probe/).")
@@ -122,7 +104,7 @@ def probe(source: str, layers: str | None, run_dir: Path | None, overrides: tupl
       distill probe quickstart --run runs/quickstart
     """
     from ..probe import default_layers, probe_layers, write_probe_report
-    from ..train import resolve_device
+    from ..settings import resolve_device
 
     is_checkpoint = source.endswith(CHECKPOINT_SUFFIXES)
     if is_checkpoint and (run_dir or overrides):
@@ -140,7 +122,7 @@ def probe(source: str, layers: str | None, run_dir: Path | None, overrides: tupl
         model, bundle, path = _from_recipe(source, list(overrides), run_dir, data_root, per_class, test_limit)
         default_out = path.parent / f"{path.stem}_probe" if path else Path(f"{Path(source).stem}_probe")
     chosen = _split_list(layers, "--layers") or default_layers(model)
-    result = probe_layers(model, chosen, bundle.train_eval, bundle.test, val=bundle.val,
+    result = probe_layers(model, chosen, bundle.train_plain, bundle.test, val=bundle.val,
                           folds=folds, device=resolve_device(device))
     json_path, png_path = write_probe_report(result, out or default_out,
                                              title=f"linear probes: {path or source}")

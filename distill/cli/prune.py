@@ -67,15 +67,8 @@ def _calibration_batch(checkpoint: str, dataset: str | None, data_root: str | No
         x = torch.randn(size, *card.input_shape, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             return x, model(x).argmax(1)
-    from torch.utils.data import DataLoader
+    from ..data import take_batch
+    from ..model_data import data_for_card
 
-    from ..data import load_data
-
-    channels, height, width = card.input_shape
-    bundle = load_data(dataset, root=data_root, augment=False, train_limit=size, channels=channels,
-                       image_size=height if height == width else None, mean=card.mean, std=card.std)
-    if tuple(bundle.input_shape) != tuple(card.input_shape) or bundle.num_classes != card.num_classes:
-        raise DistillError(f"dataset {dataset!r} gives {bundle.num_classes} classes of shape "
-                           f"{tuple(bundle.input_shape)}; expected {card.num_classes} classes of shape "
-                           f"{tuple(card.input_shape)} like the checkpoint's model")
-    return next(iter(DataLoader(bundle.train, batch_size=size)))
+    bundle = data_for_card(dataset, card, root=data_root, train_limit=size)
+    return take_batch(bundle.train, size)

@@ -12,32 +12,14 @@ import click
 from ..errors import DistillError
 
 
-def shipped_recipes_dir() -> Path:
-    """recipes/ beside the package (a source checkout or an editable install)."""
-    return Path(__file__).resolve().parents[2] / "recipes"
-
-
-def find_recipe(name: str) -> Path:
-    """A path, or the name of a shipped recipe (`quickstart` -> recipes/quickstart.toml)."""
-    path = Path(name)
-    if path.exists():
-        return path
-    shipped = shipped_recipes_dir() / f"{name.removesuffix('.toml')}.toml"
-    if shipped.exists() and not path.suffix:
-        return shipped
-    known = sorted(p.stem for p in shipped_recipes_dir().glob("*.toml"))
-    from ..errors import did_you_mean
-    raise DistillError(f"recipe {name!r} not found{did_you_mean(path.stem, known)}; expected a .toml "
-                       f"path or a shipped recipe name ({', '.join(known)})")
-
-
 @click.command()
 @click.argument("recipe")
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (default: the recipe's out, else runs/NAME).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe field, e.g. --set student.epochs=2 --set distill.terms.0.weight=0.5")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same directory from its last complete epoch.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train (default: the recipe's device, auto).")
+@click.option("--device", default=None, metavar="DEVICE",
+              help="Where to train: auto, cpu, cuda or cuda:N (default: the recipe's device, auto).")
 @click.option("--data-root", type=click.Path(), default=None, help="Folder with <dataset>.npz files (default: $DISTILL_DATA, else ~/.cache/distill/data).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
@@ -62,9 +44,13 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
     history.csv and metrics.json.
     """
     from .. import distributed
-    from ..pipeline import run_recipe, summary_table
-    from ..recipe import load_recipe
+    from ..pipeline import run_recipe
+    from ..summary import summary_table
+    from ..recipe import find_recipe, load_recipe
+    from ..settings import check_device
 
+    if device is not None:
+        check_device(device)
     path = find_recipe(recipe)
     parsed = load_recipe(path, list(overrides))  # validate before starting processes
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -102,6 +88,8 @@ def recipes() -> None:
       distill recipes
       distill run quickstart
     """
+    from ..recipe import shipped_recipes_dir
+
     folder = shipped_recipes_dir()
     files = sorted(folder.glob("*.toml"))
     if not files:
@@ -129,7 +117,7 @@ def models(layers_of: str | None, input_shape: str) -> None:
       distill models --layers resnet8x4
       distill models --layers resnet18 --input-shape 3,224,224
     """
-    from ..models.registry import _small_models, build_model, torchvision_names
+    from ..models.registry import build_model, small_input_models, torchvision_names
     from ..taps import module_paths
 
     if layers_of:
@@ -143,6 +131,6 @@ def models(layers_of: str | None, input_shape: str) -> None:
         click.echo(f"{'logits':<40} (the model output)")
         return
     click.echo("small models:      mlp, small_cnn")
-    click.echo("32x32 (CRD/DKD):   " + ", ".join(sorted(_small_models())))
+    click.echo("32x32 (CRD/DKD):   " + ", ".join(sorted(small_input_models())))
     click.echo("torchvision:       " + ", ".join(torchvision_names()))
     click.echo("your own:          'package.module:factory' (called with num_classes and options)")

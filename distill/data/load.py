@@ -32,7 +32,7 @@ class DataBundle:
     train: Dataset              # with train-time augmentation when augment=True
     val: Dataset | None         # carved from train, never augmented; None when val_fraction == 0
     test: Dataset               # the official test split, never used for choices
-    train_eval: Dataset         # the same samples as `train`, without augmentation
+    train_plain: Dataset         # the same samples as `train`, without augmentation
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, H, W) as the model sees it
     mean: tuple[float, ...]
@@ -107,7 +107,7 @@ def load_data(name: str, *, root: str | Path | None = None, path: str | Path | N
     return DataBundle(train=ImageDataset(raw.train, *train, train_tf),
                       val=ImageDataset(raw.train, *val, eval_tf) if val else None,
                       test=ImageDataset(raw.test, *test, eval_tf),
-                      train_eval=ImageDataset(raw.train, *train, eval_tf),
+                      train_plain=ImageDataset(raw.train, *train, eval_tf),
                       num_classes=len(class_names), input_shape=input_shape, mean=mean, std=std,
                       class_names=list(class_names))
 

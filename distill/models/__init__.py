@@ -1,6 +1,8 @@
 """Model zoo and self-describing checkpoints."""
-from .checkpoint import ModelCard, atomic_save, load_checkpoint, safe_load, save_checkpoint
+from ..files import atomic_save
+from .checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from .loading import read_state_dict, safe_load
 from .registry import available_models, build_model, replace_head
 
 __all__ = ["ModelCard", "atomic_save", "available_models", "build_model", "load_checkpoint",
-           "replace_head", "safe_load", "save_checkpoint"]
+           "read_state_dict", "replace_head", "safe_load", "save_checkpoint"]

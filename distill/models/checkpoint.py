@@ -8,20 +8,16 @@ Files are written atomically (temporary file, fsync, rename): a crash never leav
 from __future__ import annotations
 
 import os
-import pickle
-import tempfile
-import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import DistillError
+from ..files import atomic_save
+from .loading import FORMAT, safe_load
+from .registry import build_model
 from .structure import capture_structure, restore_structure
-
-FORMAT = "distill-checkpoint/1"
 
 
 @dataclass
@@ -39,7 +35,6 @@ class ModelCard:
 
     def build(self) -> nn.Module:
         """A freshly initialised model of this card's architecture (unpruned)."""
-        from .registry import build_model
         return build_model(self.arch, self.num_classes, self.input_shape, **self.kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,50 +49,6 @@ class ModelCard:
         d["input_shape"] = tuple(d["input_shape"])
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         return cls(**d)
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise DistillError(f"cannot write {path}: {e.strerror}; expected a writable directory") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def safe_load(path: str | os.PathLike) -> Any:
-    """torch.load with weights_only=True; unsafe or broken files become a DistillError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DistillError(f"checkpoint {path} does not exist; expected a file written by distill or torch.save")
-    try:
-        with warnings.catch_warnings():  # torch warns before refusing a non-torch pickle: one line is enough
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        unsafe = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), None)
-        if unsafe is None:  # garbage bytes, or a pickle torch cannot even parse safely
-            raise _corrupt(path, e) from e
-        raise DistillError(f"refusing to load {path}: it holds objects other than tensors and plain "
-                           f"data, which could run code when unpickled ({unsafe[:160]}); expected "
-                           "weights saved as tensors and plain data") from e
-    except Exception as e:  # a truncated or foreign file fails in many ways, all of them "corrupt"
-        raise _corrupt(path, e) from e
-
-
-def _corrupt(path: Path, e: Exception) -> DistillError:
-    return DistillError(f"checkpoint {path} cannot be read: it is truncated, corrupt or not a torch file "
-                        f"({type(e).__name__}); expected a complete file written by torch.save")
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, card: ModelCard,
@@ -127,17 +78,3 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ModelCard]:
         raise DistillError(f"checkpoint {path} does not match architecture {card.arch!r} ({detail[:200]}); "
                            "expected the weights of the model its card describes") from e
     return model.eval(), card
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The weights of a distill checkpoint or of a plain saved state dict."""
-    obj = safe_load(path)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        obj = obj["state_dict"]
-    for key in ("state_dict", "model"):  # {"state_dict"|"model": ..., "epoch": ...} (RepDistiller, mdistiller)
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DistillError(f"{path} holds no state dict; expected a distill checkpoint or torch.save(model.state_dict())")
-    return obj

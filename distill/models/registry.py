@@ -20,25 +20,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from ..errors import DistillError, did_you_mean
+from .cifar import CIFAR_MODELS
+from .loading import read_state_dict
 from .mlp import MLP, SmallCNN
 
 
-def _small_models() -> dict[str, Callable[..., nn.Module]]:
-    from .cifar import CIFAR_MODELS  # small-input family (CRD/DKD papers)
+def small_input_models() -> dict[str, Callable[..., nn.Module]]:
+    """The small-input (32x32) family of the CRD/DKD papers, by name."""
     return CIFAR_MODELS
 
 
 def torchvision_names() -> list[str]:
+    import torchvision  # imported where used: it adds ~2 s to every `import distill`
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 def available_models() -> list[str]:
     """Every built-in model name (user models `package.module:factory` come on top)."""
-    return ["mlp", "small_cnn", *sorted(_small_models()), *torchvision_names()]
+    return ["mlp", "small_cnn", *sorted(small_input_models()), *torchvision_names()]
 
 
 def build_model(arch: str, num_classes: int, input_shape: Sequence[int],
@@ -60,8 +62,8 @@ def _build_model(arch: str, num_classes: int, input_shape: Sequence[int],
         model: nn.Module = MLP(math.prod(input_shape), num_classes, **kwargs)
     elif arch == "small_cnn":
         model = SmallCNN(channels, num_classes, **kwargs)
-    elif arch in _small_models():
-        model = _small_models()[arch](num_classes=num_classes, in_channels=channels, **kwargs)
+    elif arch in small_input_models():
+        model = small_input_models()[arch](num_classes=num_classes, in_channels=channels, **kwargs)
     elif arch in torchvision_names():
         return _torchvision_model(arch, num_classes, weights, kwargs)
     elif ":" in arch:
@@ -91,6 +93,7 @@ def _user_model(spec: str, num_classes: int, kwargs: dict) -> nn.Module:
 
 
 def _torchvision_model(arch: str, num_classes: int, weights: str | None, kwargs: dict) -> nn.Module:
+    import torchvision
     tv_weights = None
     if weights and not _is_path(weights):
         tv_weights = _torchvision_weights(arch, weights)
@@ -112,6 +115,7 @@ def _torchvision_model(arch: str, num_classes: int, weights: str | None, kwargs:
 
 
 def _torchvision_weights(arch: str, name: str):
+    import torchvision
     enum = torchvision.models.get_model_weights(arch)
     short = name.split(".")[-1]
     if short == "DEFAULT":
@@ -161,7 +165,6 @@ def load_pretrained(model: nn.Module, path: str) -> None:
 
     Accepts a distill checkpoint or a plain state dict, always with `weights_only=True`.
     """
-    from .checkpoint import read_state_dict
     state = read_state_dict(path)
     own = model.state_dict()
     head, _ = last_layer(model)

@@ -24,3 +24,11 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
         model(torch.zeros(1, *input_shape, device=device))
     model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def si(n: float) -> str:
+    """A count in SI units for tables: 1234567 -> '1.23M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))

@@ -1,0 +1,10 @@
+"""The phases of `distill run`, one function each, in the order the pipeline calls them."""
+from .context import RunContext
+from .deploy import bench_phase, export_phase
+from .preflight import preflight
+from .prune import prune_phase
+from .student import baseline_phase, gain_phase, student_phase
+from .teacher import teacher_phase
+
+__all__ = ["RunContext", "baseline_phase", "bench_phase", "export_phase", "gain_phase", "preflight",
+           "prune_phase", "student_phase", "teacher_phase"]

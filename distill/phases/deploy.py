@@ -1,0 +1,51 @@
+"""The deployment phases: verified ONNX files of the students (+ int8), then the run's benchmark."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import distributed
+from ..bench import benchmark, write_report
+from ..data import take_batch
+from ..export import export_onnx, quantize_int8
+from ..models import load_checkpoint
+from .context import RunContext
+
+STUDENTS = ("student", "pruned")
+
+
+def export_phase(ctx: RunContext) -> dict[str, Path]:
+    """ROLE.onnx for the student (and pruned student), verified on a real test batch, + int8."""
+    spec, onnx_files = ctx.recipe.export, {}
+    if not distributed.is_main():
+        return onnx_files
+    for role in _finished(ctx, STUDENTS):
+        model, card = load_checkpoint(ctx.run.checkpoint(role))
+        path = ctx.run.path / f"{role}.onnx"
+        report = export_onnx(model, card, path, sample=take_batch(ctx.data.test, 32)[0], atol=spec.atol)
+        ctx.metrics.setdefault("export", {})[role] = {
+            "file": path.name, "bytes": report.size_bytes, "max_abs_diff": report.max_abs_diff}
+        onnx_files[role] = path
+        if spec.int8:
+            calibration = take_batch(ctx.data.train_plain, spec.calibration_images)[0]
+            onnx_files[f"{role}.int8"] = quantize_int8(path, ctx.run.path / f"{role}.int8.onnx", calibration)
+        if ctx.progress:
+            print(report.summary())
+    return onnx_files
+
+
+def bench_phase(ctx: RunContext, onnx_files: dict[str, Path]) -> None:
+    """bench.json/md/png: every checkpoint and ONNX file of the run, timed against the teacher."""
+    if not distributed.is_main():
+        return
+    artifacts = {role: ctx.run.checkpoint(role) for role in _finished(ctx, ("teacher", "student", "baseline", "pruned"))}
+    artifacts.update({f"{name}.onnx": path for name, path in onnx_files.items()})
+    b = ctx.recipe.bench
+    result = benchmark(artifacts, teacher="teacher", batch_sizes=(1, b.batch_size), rounds=b.rounds,
+                       data=ctx.data.test, progress=ctx.progress)
+    write_report(result, ctx.run.path)
+    ctx.metrics["bench"] = {"file": "bench.json", "teacher_runtime": result.teacher_runtime}
+
+
+def _finished(ctx: RunContext, roles: tuple[str, ...]) -> list[str]:
+    """The roles of `roles` whose phase ran in this run and left its checkpoint."""
+    return [r for r in roles if r in ctx.metrics and ctx.run.checkpoint(r).exists()]

@@ -1,0 +1,73 @@
+"""The student phases: the distilled student, the same student on labels alone, and the gain."""
+from __future__ import annotations
+
+import time
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from .. import distributed
+from ..cache import CachedTeacherDataset, TeacherCache
+from ..distiller import Distiller, Term
+from ..gain import paired_gain
+from ..models import load_checkpoint
+from ..train import Supervised, correct_predictions, fit
+from .context import RunContext
+
+
+def student_phase(ctx: RunContext, teacher: nn.Module) -> nn.Module:
+    """The student distilled from `teacher` by the recipe's terms (with CE on the labels)."""
+    spec = ctx.recipe.student
+    if spec.checkpoint:  # an already distilled student, e.g. to compare pruning recoveries
+        model = load_checkpoint(spec.checkpoint)[0].to(ctx.device)
+        ctx.score("student", model, [], source=str(spec.checkpoint))
+        return model
+    done = ctx.finished("student")
+    if done is not None:
+        return done
+    student = ctx.build("student", spec.weights)
+    terms = ctx.terms()
+    with Distiller(teacher, student, terms, ctx.data.input_shape, ce_weight=ctx.recipe.distill.ce_weight) as distiller:
+        data = _cached_train_set(ctx, teacher, terms) if ctx.recipe.distill.cache else ctx.train_set("student")
+        history = fit(distiller, data, spec.schedule(), **ctx.fit_options("student"))
+        connectors = sorted(distiller.connectors)
+    ctx.save("student", student, history, ctx.card("student"))
+    ctx.score("student", student, history, connectors=connectors)
+    return student
+
+
+def baseline_phase(ctx: RunContext) -> nn.Module:
+    """The same student, from the same initial weights, trained on the labels alone."""
+    done = ctx.finished("baseline")
+    if done is not None:
+        return done
+    model = ctx.build("student", ctx.recipe.student.weights)
+    history = fit(Supervised(model), ctx.train_set("student"), ctx.recipe.student.schedule(),
+                  **ctx.fit_options("baseline"))
+    ctx.save("baseline", model, history, ctx.card("student"))
+    ctx.score("baseline", model, history)
+    return model
+
+
+def gain_phase(ctx: RunContext, student: nn.Module, baseline: nn.Module) -> None:
+    """What distillation bought: student vs baseline on the same test images (paired band)."""
+    ctx.metrics["gain"] = paired_gain(correct_predictions(student, ctx.data.test, ctx.device),
+                                      correct_predictions(baseline, ctx.data.test, ctx.device))
+
+
+def _cached_train_set(ctx: RunContext, teacher: nn.Module, terms: list[Term]) -> Dataset:
+    """The student's training set with the teacher's outputs read from the run's cache."""
+    d = ctx.recipe.distill
+    started = time.perf_counter()
+    if not distributed.is_main():  # rank 0 writes the cache, the others then open it
+        distributed.barrier()
+    train = ctx.train_set("student")
+    cache = TeacherCache.build(teacher, train, [t.teacher for t in terms], ctx.run.path / "teacher_cache",
+                               views=d.cache_views, seed=ctx.recipe.seed, dtype=d.cache_dtype,
+                               device=ctx.device, num_workers=ctx.recipe.data.num_workers,
+                               progress=ctx.progress)
+    if distributed.is_main():
+        distributed.barrier()
+    ctx.metrics["teacher_cache"] = {"bytes": cache.nbytes(), "views": cache.views, "dtype": d.cache_dtype,
+                                    "seconds": round(time.perf_counter() - started, 1)}
+    return CachedTeacherDataset(train, cache)
