@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark drivers: run `distill run` as a subprocess and keep its record.
+"""Shared helpers of the benchmark drivers: run `distill run` as a subprocess and keep its record,
+and the few lookups and formats their reports have in common (machine line, minutes, bench tables).
 
 Every run goes to a work directory (checkpoints, teacher cache: not committed); its metrics.json,
 history.csv and resolved recipe.toml are copied into the benchmark's results/ folder together with
@@ -21,18 +22,47 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
 
-def machine() -> str:
-    """CPU model (lscpu), core count and PyTorch threads."""
+def lscpu_fields(lscpu: str) -> dict[str, str]:
+    """lscpu's output as {field: value}, so that a report can name the CPU and its flags."""
+    return {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in lscpu.splitlines() if ":" in ln)}
+
+
+def hardware(threads: int) -> str:
+    """CPU model (lscpu), core count and PyTorch threads: the line every report starts its machine with."""
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
                   if line.startswith("Model name")), platform.processor() or "unknown CPU")
+    return f"{model}, {os.cpu_count()} cores, {threads} PyTorch threads"
+
+
+def machine() -> str:
+    """CPU model (lscpu), core count and PyTorch threads, with the Python and torch versions."""
     import torch
-    return (f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} PyTorch threads; "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    return f"{hardware(torch.get_num_threads())}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def minutes(seconds: float) -> str:
+    """Wall times in the reports, one format for all of them."""
+    return f"{seconds / 60:.1f} min"
+
+
+def bench_row(bench: dict, artifact: str, runtime: str) -> dict:
+    """The row of a `distill bench` report (bench.json) that timed `artifact` in `runtime`."""
+    return next(r for r in bench["rows"] if r["artifact"] == artifact and r["runtime"] == runtime)
+
+
+def p50_ms(bench: dict, artifact: str, runtime: str) -> float:
+    """Median latency at batch 1, the figure the reports compare models by."""
+    return bench_row(bench, artifact, runtime)["batches"]["1"]["p50_ms"]
+
+
+def bench_table(report: Path) -> str:
+    """The table of a `distill bench` report folder's bench.md, without its title and plot, to quote in RESULTS.md."""
+    return (report / "bench.md").read_text().split("\n\n", 1)[1].split("\n![")[0].strip()
 
 
 def distill_run(recipe: str, out: Path, overrides: list[str], results: Path, log: Path) -> dict:

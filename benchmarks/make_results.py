@@ -14,10 +14,11 @@ import statistics
 import tomllib
 from pathlib import Path
 
+from common import minutes
+
 from distill.gain import distillation_gain
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 
 # Hinton, Vinyals & Dean 2015, section 3: MNIST test errors (of 10,000)
 HINTON = {"teacher": 67, "baseline": 146, "kd": 74}
@@ -53,10 +54,6 @@ def run_seconds(record: dict) -> float:
     the train time of the phases it holds (the sum of their epoch times) when that is larger."""
     phases = sum(v.get("train_seconds", 0) for v in record["metrics"].values() if isinstance(v, dict))
     return max(record["wall_seconds"], phases)
-
-
-def minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min"
 
 
 def term_text(recipe: dict) -> tuple[str, str]:
@@ -99,15 +96,24 @@ def gain_text(m: dict, n: int) -> str:
 
 
 def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
+    """The MNIST part of RESULTS.md: setting, the paper's table, the gains, every knowledge kind, commands."""
     teacher, kd = rows.get("teacher"), rows.get("kd")
     if not teacher or not kd:
         return ["## MNIST (Hinton et al. 2015, section 3)", "", "_not recorded yet: run "
                 "`python benchmarks/mnist_hinton/run.py`_", ""]
     n = kd["metrics"]["data"]["test"]
+    seeds = sorted({int(m[1]) for name in rows if (m := re.search(r"_seed(\d+)$", name))})  # beside seed 0
+    return [*mnist_setting(meta, rows), *paper_table(rows, n, seeds), *gain_notes(rows, n, seeds),
+            *knowledge_table(rows, n, meta.get("rows", {})),
+            *knowledge_table(rows, n, meta.get("rows", {}), suffix="_plain"), *mnist_commands(rows)]
+
+
+def mnist_setting(meta: dict, rows: dict[str, dict]) -> list[str]:
+    """Command, machine, data, teacher and students: what every MNIST figure was measured on."""
+    teacher, kd = rows["teacher"], rows["kd"]
     trec, srec = teacher["recipe"], kd["recipe"]
     wall = sum(run_seconds(r) for r in rows.values())
-    seeds = sorted({int(m[1]) for name in rows if (m := re.search(r"_seed(\d+)$", name))})  # beside seed 0
-    lines = [
+    return [
         "## MNIST: Hinton et al. 2015, section 3",
         "",
         f"- command: `{meta['command']}` then `python benchmarks/make_results.py` "
@@ -115,8 +121,8 @@ def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
         f"- machine: {meta['machine']}",
         f"- date: {meta['date']}; wall time of all MNIST runs: {minutes(wall)} "
         f"(teacher {minutes(run_seconds(teacher))})",
-        f"- data: MNIST `mnist.npz`, {kd['metrics']['data']['train']} training and {n} test images; "
-        "no validation split",
+        f"- data: MNIST `mnist.npz`, {kd['metrics']['data']['train']} training and {kd['metrics']['data']['test']} "
+        "test images; no validation split",
         f"- teacher: 784-1200-1200-10, dropout {trec['teacher']['options'].get('input_dropout', 0):g} "
         f"(input) / {trec['teacher']['options'].get('dropout', 0):g} (hidden), {seen_images(trec)}; "
         f"{schedule_text(trec, 'teacher')}; bf16 autocast: {trec['speed'].get('amp') == 'bf16'}. "
@@ -131,6 +137,12 @@ def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
         "(no validation split; how the settings were chosen is in the notes)",
         *[f"- note: {note}" for note in meta.get("notes", [])],
         "",
+    ]
+
+
+def paper_table(rows: dict[str, dict], n: int, seeds: list[int]) -> list[str]:
+    """The paper's three test-error counts beside ours, on plain and on jittered images, per seed."""
+    lines = [
         "### The paper's three numbers, and the same with the teacher's jitter",
         "",
         "The paper's students see plain images (`kd_plain`). Its distilled student learns from the "
@@ -160,19 +172,25 @@ def mnist_section(meta: dict, rows: dict[str, dict]) -> list[str]:
                      f"**{values[0]}** | " + "".join(f"{'-' if e is None else e} | " for e in found)
                      + f"{spread} | {100 * m['test_accuracy']:.2f}% | {m['params']:,} | "
                      f"{m['train_seconds']:.0f} s |")
-    lines += [""]
+    return lines + [""]
+
+
+def gain_notes(rows: dict[str, dict], n: int, seeds: list[int]) -> list[str]:
+    """The distillation gain of every KD run and seed, with its noise band, beside the paper's."""
+    lines = []
     for row, text in (("kd_plain", "plain images (the paper's setting)"), ("kd", "jittered images")):
         for name, seed in ((row, 0), *((f"{row}_seed{seed}", seed) for seed in seeds)):
             if name in rows:
                 paper = (f"; paper: removes {HINTON['baseline'] - HINTON['kd']} of {HINTON['baseline']}"
                          if row == "kd_plain" else "")
                 lines += [f"- {text}, seed {seed}: distillation {gain_text(rows[name]['metrics'], n)}{paper}."]
-    lines += [
-              f"- The teacher row in the students' runs re-evaluates the same checkpoint "
-              f"({errors(kd['metrics']['teacher'], n)} errors).", ""]
-    lines += knowledge_table(rows, n, meta.get("rows", {}))
-    lines += knowledge_table(rows, n, meta.get("rows", {}), suffix="_plain")
-    lines += ["### Commands (as run, in the repository root, DISTILL_DATA=../shared/data)", ""]
+    return lines + [f"- The teacher row in the students' runs re-evaluates the same checkpoint "
+                    f"({errors(rows['kd']['metrics']['teacher'], n)} errors).", ""]
+
+
+def mnist_commands(rows: dict[str, dict]) -> list[str]:
+    """Every MNIST run's command as run, so that each row can be redone."""
+    lines = ["### Commands (as run, in the repository root, DISTILL_DATA=../shared/data)", ""]
     for name, r in rows.items():
         lines += [f"- {name} ({minutes(run_seconds(r))}, {r['date']}, load average before "
                   f"{r['load_average_before']}): `{r['command']}`"]

@@ -53,6 +53,9 @@ from torch.utils.data import DataLoader, Dataset, Subset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import hardware, minutes  # noqa: E402
 
 from distill import Distiller, Term  # noqa: E402
 from distill.cache import CachedTeacherDataset, TeacherCache  # noqa: E402
@@ -276,13 +279,6 @@ def measure_memory(args: argparse.Namespace, cache_dir: str) -> dict:
     return out
 
 
-def machine(threads: int) -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                  if line.startswith("Model name")), platform.processor() or "unknown CPU")
-    return f"{model}, {os.cpu_count()} cores, {threads} PyTorch threads"
-
-
 def cpu_variants(teacher: nn.Module, student: nn.Module, data: Dataset, cached: Dataset,
                  batch: int) -> tuple[list[Variant], str | None]:
     """The variants of the comparison on the CPU, and why torchdistill is skipped (None when it is not)."""
@@ -423,49 +419,16 @@ RATIOS = [("distill_kd", "hand_kd", "engine overhead"), ("distill_kd", "torchdis
 
 
 def render(result: dict, meta: dict) -> str:
-    wall, cpu = result["wall"], result["cpu_time"]
-    m, mc = wall["median"], cpu["median"]
-    rows = ["| variant | what | images/s (median) | per round | vs hand_kd | images per CPU-s (median) | vs hand_kd |",
-            "|---|---|---:|---|---:|---:|---:|"]
-    for name, med in m.items():
-        rounds = ", ".join(f"{x:.1f}" for x in wall["per_round"][name])
-        rows.append(f"| `{name}` | {result['what'][name]} | {med:.2f} | {rounds} | {med / m['hand_kd']:.3f} | "
-                    f"{mc[name]:.2f} | {mc[name] / mc['hand_kd']:.3f} |")
-    ratio_rows = ["| ratio of images/s | wall: of the medians | wall: per round | CPU time: of the medians "
-                  "| CPU time: per round |", "|---|---:|---|---:|---|"]
-    for x, y, why in RATIOS:
-        if x in m and y in m:
-            paired = [", ".join(f"{a / b:.3f}" for a, b in zip(t["per_round"][x], t["per_round"][y]))
-                      for t in (wall, cpu)]
-            ratio_rows.append(f"| `{x}` / `{y}` ({why}) | {m[x] / m[y]:.3f} | {paired[0]} | {mc[x] / mc[y]:.3f} "
-                              f"| {paired[1]} |")
-    acc_rows = ["| acceptance line | needs | wall clock | result | CPU time | result | CPU time: per-round quartiles |",
-                "|---|---|---:|---|---:|---|---|"]
-    for line in result["acceptance"]:
-        quartiles = "-" if line["cpu_time"] is None else "{:.3f} - {:.3f}".format(*line["cpu_time"]["quartiles"])
-        acc_rows.append(f"| {line['claim']} | {line['needs']} | {verdict(line['wall'])} | {verdict(line['cpu_time'])} "
-                        f"| {quartiles} |")
-    c, mem = result["cache"], result["memory"]
-    gpu = result["gpu"]
-    gpu_text = ("No CUDA GPU on this machine: the AMP + channels_last line of the issue was not measured "
-                "(run this script on a GPU machine to add it).") if gpu is None else "\n".join(
-        [f"On {gpu['device']} ({meta['rounds']} rounds, median):", "", "| variant | what | images/s |",
-         "|---|---|---:|"]
-        + [f"| `{k}` | {gpu['what'][k]} | {v:.1f} |" for k, v in gpu["median"].items()])
-    o = result["engine_overhead"]
-    big_ms = {k: 1000 * meta["batch"] / v for k, v in mc.items()}  # CPU ms per step of the ResNet pair
-    over_rows = ["| variant | CPU ms per step (tiny MLPs) | minus its hand-written counterpart (ms) | as % of that "
-                 "counterpart's ResNet step |", "|---|---:|---:|---:|"]
-    for name, ms in o["ms_per_step"].items():
-        base = COUNTERPART.get(name)
-        if base is None:
-            over_rows.append(f"| `{name}` | {ms:.2f} | - | - |")
-            continue
-        extra = ms - o["ms_per_step"][base]
-        over_rows.append(f"| `{name}` | {ms:.2f} | {extra:+.2f} (vs `{base}`) | {100 * extra / big_ms[base]:+.3f}% |")
+    """RESULTS.md from results.json: one section per question the benchmark answers."""
     skipped = result["torchdistill_skipped"]
-    peak_diff = mem["cached"]["epoch_peak_rss_mb"] - mem["uncached"]["epoch_peak_rss_mb"]
-    td_note = f"\ntorchdistill row skipped: {skipped}\n" if skipped else ""
+    sections = [header(result, meta), *([f"torchdistill row skipped: {skipped}"] if skipped else []),
+                throughput_section(result), ratios_section(result), acceptance_section(result),
+                overhead_section(result, meta), memory_section(result, meta), gpu_section(result["gpu"], meta)]
+    return "\n\n".join(sections) + "\n"
+
+
+def header(result: dict, meta: dict) -> str:
+    """Command, machine, load and setting: what the figures below were measured on."""
     same = ", ".join(f"{k} {v:.5f}" for k, v in result["same_batch_loss"].items())
     return f"""# Training throughput: hand-written loop, distill, cache, student alone, torchdistill
 
@@ -474,7 +437,7 @@ Generated by `benchmarks/train_throughput.py`; every figure below comes from `re
 - command: `{meta['command']}`
 - machine: {meta['machine']}; torch {meta['torch']}, torchdistill {meta['torchdistill']},
   OMP_WAIT_POLICY={meta['omp_wait_policy']}
-- date: {meta['date']}, wall time {meta['wall_seconds'] / 60:.1f} min
+- date: {meta['date']}, wall time {minutes(meta['wall_seconds'])}
 - the machine was shared with other engineers' jobs during the run: load average {meta['load_start']:.2f}
   at the start and {meta['load_end']:.2f} at the end (on {os.cpu_count()} cores), so absolute images/s are
   low and noisy; the variants are interleaved round by round so the ratios are comparable.
@@ -483,43 +446,94 @@ Generated by `benchmarks/train_throughput.py`; every figure below comes from `re
   {MOMENTUM}, weight decay {WD}, constant lr), loss = CE + KD (T={T}), each weight 1. Images/s over whole
   epochs; {meta['rounds']} interleaved rounds after a warm-up of {meta['warmup_batches']} batches per variant.
 - same objective: the loss of each KD variant on the same first batch, before training: {same}
-  (the cached one differs only by the float16 rounding of the teacher's logits).
-{td_note}
-## images/s (CPU)
+  (the cached one differs only by the float16 rounding of the teacher's logits)."""
+
+
+def throughput_section(result: dict) -> str:
+    """Images/s of every variant, by wall clock and per CPU-second, each against the hand-written loop."""
+    wall, m, mc = result["wall"], result["wall"]["median"], result["cpu_time"]["median"]
+    rows = ["| variant | what | images/s (median) | per round | vs hand_kd | images per CPU-s (median) | vs hand_kd |",
+            "|---|---|---:|---|---:|---:|---:|"]
+    for name, med in m.items():
+        rounds = ", ".join(f"{x:.1f}" for x in wall["per_round"][name])
+        rows.append(f"| `{name}` | {result['what'][name]} | {med:.2f} | {rounds} | {med / m['hand_kd']:.3f} | "
+                    f"{mc[name]:.2f} | {mc[name] / mc['hand_kd']:.3f} |")
+    return f"""## images/s (CPU)
 
 Wall clock is what the issue asks for; on this shared machine it swings from round to round with
 the other jobs' load. Images per CPU-second of this process (both threads) is the same work
 measured without the time spent waiting for a core, so it shows small differences that wall
 clock hides in noise. On an idle 2-core machine images/s would be about images per CPU-s x 2.
 
+{chr(10).join(rows)}"""
+
+
+def ratios_section(result: dict) -> str:
+    """The ratios the acceptance lines are about, of the medians and round by round (same-round pairs)."""
+    wall, cpu = result["wall"], result["cpu_time"]
+    m, mc = wall["median"], cpu["median"]
+    rows = ["| ratio of images/s | wall: of the medians | wall: per round | CPU time: of the medians "
+            "| CPU time: per round |", "|---|---:|---|---:|---|"]
+    for x, y, why in RATIOS:
+        if x in m and y in m:
+            paired = [", ".join(f"{a / b:.3f}" for a, b in zip(t["per_round"][x], t["per_round"][y]))
+                      for t in (wall, cpu)]
+            rows.append(f"| `{x}` / `{y}` ({why}) | {m[x] / m[y]:.3f} | {paired[0]} | {mc[x] / mc[y]:.3f} "
+                        f"| {paired[1]} |")
+    return f"## Ratios\n\n{chr(10).join(rows)}"
+
+
+def acceptance_section(result: dict) -> str:
+    """Each acceptance line of issue 7 with its verdict, and what "within noise" means."""
+    rows = ["| acceptance line | needs | wall clock | result | CPU time | result | CPU time: per-round quartiles |",
+            "|---|---|---:|---|---:|---|---|"]
+    for line in result["acceptance"]:
+        quartiles = "-" if line["cpu_time"] is None else "{:.3f} - {:.3f}".format(*line["cpu_time"]["quartiles"])
+        rows.append(f"| {line['claim']} | {line['needs']} | {verdict(line['wall'])} | {verdict(line['cpu_time'])} "
+                    f"| {quartiles} |")
+    return f"""## Acceptance (issue 7, measured on this machine)
+
 {chr(10).join(rows)}
-
-## Ratios
-
-{chr(10).join(ratio_rows)}
-
-## Acceptance (issue 7, measured on this machine)
-
-{chr(10).join(acc_rows)}
 
 "within noise": the threshold lies between the first and third quartile of the per-round ratios, so
 this run cannot tell the two sides apart; the next section measures the loops' own cost per step
-directly, without the models' compute that hides it here.
+directly, without the models' compute that hides it here."""
 
-## Where the time goes: the loop's own cost per step
+
+def overhead_section(result: dict, meta: dict) -> str:
+    """What the loop itself adds per step, measured on tiny MLPs and set against a ResNet step."""
+    o, c, m = result["engine_overhead"], result["cache"], result["wall"]["median"]
+    big_ms = {k: 1000 * meta["batch"] / v for k, v in result["cpu_time"]["median"].items()}  # CPU ms per ResNet step
+    rows = ["| variant | CPU ms per step (tiny MLPs) | minus its hand-written counterpart (ms) | as % of that "
+            "counterpart's ResNet step |", "|---|---:|---:|---:|"]
+    for name, ms in o["ms_per_step"].items():
+        base = COUNTERPART.get(name)
+        if base is None:
+            rows.append(f"| `{name}` | {ms:.2f} | - | - |")
+            continue
+        extra = ms - o["ms_per_step"][base]
+        rows.append(f"| `{name}` | {ms:.2f} | {extra:+.2f} (vs `{base}`) | {100 * extra / big_ms[base]:+.3f}% |")
+    return f"""## Where the time goes: the loop's own cost per step
 
 The same variants with tiny MLPs (teacher 192-32-10, student 192-16-10) on fake 8x8 images
 ({o['images']} images, batch {meta['batch']}, median CPU time of {o['rounds']} interleaved rounds), where the
 loop's own work and data loading are most of a step instead of a rounding error under a ResNet's.
 The difference to the hand-written loop is what the engine adds per step, whatever the model.
 
-{chr(10).join(over_rows)}
+{chr(10).join(rows)}
 
 The cache is built once before the rounds: {c['build_seconds']:.1f} s for {c['images']} images (one teacher
 forward pass per image), so the first cached epoch costs about that plus one cached epoch
-({c['images'] / m['distill_cached']:.1f} s); every later epoch costs only the cached epoch.
+({c['images'] / m['distill_cached']:.1f} s); every later epoch costs only the cached epoch."""
 
-## Cache size and memory
+
+def memory_section(result: dict, meta: dict) -> str:
+    """The cache's size on disk and the peak memory of a cached and an uncached epoch."""
+    c, mem = result["cache"], result["memory"]
+    rows = [f"| {k} | {v['rss_before_epoch_mb']:.0f} | {v['epoch_peak_rss_mb']:.0f} | "
+            f"{v['epoch_peak_rss_mb'] - v['rss_before_epoch_mb']:.0f} |" for k, v in mem.items()]
+    peak_diff = mem["cached"]["epoch_peak_rss_mb"] - mem["uncached"]["epoch_peak_rss_mb"]
+    return f"""## Cache size and memory
 
 - cache on disk (`TeacherCache.nbytes()`): {c['nbytes']} bytes for {c['images']} images x {CLASSES} logits
   (float16 + a 128-byte .npy header), {c['bytes_per_image']:.1f} bytes per image.
@@ -530,17 +544,22 @@ forward pass per image), so the first cached epoch costs about that plus one cac
 
 | epoch | RSS before the epoch (MiB) | peak RSS during the epoch (MiB) | growth (MiB) |
 |---|---:|---:|---:|
-""" + "\n".join(f"| {k} | {v['rss_before_epoch_mb']:.0f} | {v['epoch_peak_rss_mb']:.0f} | "
-                f"{v['epoch_peak_rss_mb'] - v['rss_before_epoch_mb']:.0f} |" for k, v in mem.items()) + f"""
+{chr(10).join(rows)}
 
 The cached epoch's peak differs from the uncached one's by {peak_diff:+.0f} MiB.
 Both processes hold the teacher's weights ({result['teacher_param_mb']:.0f} MiB of float32 parameters):
-`Distiller` takes the teacher module even when every batch brings cached outputs.
+`Distiller` takes the teacher module even when every batch brings cached outputs."""
 
-## GPU
 
-{gpu_text}
-"""
+def gpu_section(gpu: dict | None, meta: dict) -> str:
+    """The GPU variants' images/s, or why there are none."""
+    if gpu is None:
+        text = ("No CUDA GPU on this machine: the AMP + channels_last line of the issue was not measured "
+                "(run this script on a GPU machine to add it).")
+    else:
+        text = "\n".join([f"On {gpu['device']} ({meta['rounds']} rounds, median):", "", "| variant | what | images/s |",
+                          "|---|---|---:|"] + [f"| `{k}` | {gpu['what'][k]} | {v:.1f} |" for k, v in gpu["median"].items()])
+    return f"## GPU\n\n{text}"
 
 
 def main() -> None:
@@ -568,7 +587,7 @@ def main() -> None:
         td_version = torchdistill.__version__
     except ImportError:
         td_version = "not installed"
-    meta = {"command": shlex.join(["python", *sys.argv]), "machine": machine(args.threads),
+    meta = {"command": shlex.join(["python", *sys.argv]), "machine": hardware(args.threads),
             "torch": torch.__version__, "torchdistill": td_version, "python": platform.python_version(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+from common import REPO, bench_row, bench_table, lscpu_fields, minutes, p50_ms  # noqa: E402
+
 RESULTS = HERE / "results"
 PAIRS = [("resnet152", "resnet18", 5.0), ("vgg16", "mobilenet_v3_small", 50.0)]  # teacher, student, target
 PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}  # see the investigation at the end of RESULTS.md
@@ -38,7 +40,7 @@ def sh(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     """Run a `python -m distill ...` command from the repository root; stop the benchmark if it fails."""
     shown = shlex.join([f"{k}={v}" for k, v in (env or {}).items()] + cmd)
     print("$", shown, flush=True)
-    done = subprocess.run([sys.executable, *cmd[1:]], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    done = subprocess.run([sys.executable, *cmd[1:]], stdout=subprocess.PIPE, text=True, cwd=REPO,
                           env={**os.environ, **(env or {})})
     print(done.stdout, flush=True)
     if done.returncode:
@@ -92,7 +94,7 @@ def measure(work: Path, rounds: int, round_time: float) -> dict:
 
 def render(record: dict) -> str:
     """RESULTS.md from run.json and the bench.json files: every number comes from a recorded output."""
-    info = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in record["lscpu"].splitlines() if ":" in ln)}
+    info = lscpu_fields(record["lscpu"])
     flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
              if f in info.get("Flags", "").split()]
     benches = [json.loads((HERE / p["report"] / "bench.json").read_text()) for p in record["pairs"]]
@@ -104,7 +106,7 @@ def render(record: dict) -> str:
           f"{m['physical_cores']} physical cores; {m['threads']} threads for both PyTorch and ONNX Runtime; "
           f"int8-relevant ISA: {', '.join(flags) or 'none'}",
           f"- software: Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}",
-          f"- date: {m['date']}; the whole benchmark took {record['seconds'] / 60:.1f} min",
+          f"- date: {m['date']}; the whole benchmark took {minutes(record['seconds'])}",
           f"- load average (1 min) before/after: {record['load_before']:.1f} / {record['load_after']:.1f}: the "
           "machine is shared with other engineers' jobs, so absolute latencies are noisy. **The ratios are same-run, "
           "interleaved measurements**: each timing round gives every model and runtime a turn, in rotating order, "
@@ -114,25 +116,24 @@ def render(record: dict) -> str:
     for pair, b in zip(record["pairs"], benches):
         t, s = pair["teacher"], pair["student"]
         q = f"{s}.int8"
-        row = lambda a, rt: next(r for r in b["rows"] if r["artifact"] == a and r["runtime"] == rt)
-        p50 = lambda a, rt: row(a, rt)["batches"]["1"]["p50_ms"]
-        speed, macs = row(s, "ort")["speedup_vs_teacher"], row(s, "ort")["macs_ratio_vs_teacher"]
-        int8_vs_float = p50(s, "ort") / p50(q, "ort")
+        onnx = bench_row(b, s, "ort")
+        speed, macs = onnx["speedup_vs_teacher"], onnx["macs_ratio_vs_teacher"]
+        int8_vs_float = p50_ms(b, s, "ort") / p50_ms(b, q, "ort")
         int8_slower.append((s, int8_vs_float <= 1))
         md += [f"## {t} (teacher) vs {s} (student)", "",
                "```", "$ " + pair["export"]["command"], *pair["export"]["stdout"].strip().splitlines(),
                "$ " + pair["bench"]["command"], "```", "",
-               f"- the teacher is fastest in **{b['teacher_runtime']}**: p50 {p50(t, b['teacher_runtime']):.1f} ms",
+               f"- the teacher is fastest in **{b['teacher_runtime']}**: p50 {p50_ms(b, t, b['teacher_runtime']):.1f} ms",
                f"- **ONNX student vs teacher in its fastest runtime: {speed:.1f}x** (target >= {pair['target']:g}x: "
                f"**{'met' if speed >= pair['target'] else 'NOT met'}**), beside the MACs ratio {macs:.1f}x, the "
                f"bound for equally efficient kernels ({100 * speed / macs:.0f}% of it reached)",
-               f"- int8 ONNX student vs teacher: **{row(q, 'ort')['speedup_vs_teacher']:.1f}x**; int8 vs float32 "
+               f"- int8 ONNX student vs teacher: **{bench_row(b, q, 'ort')['speedup_vs_teacher']:.1f}x**; int8 vs float32 "
                f"student, both in ONNX Runtime: {int8_vs_float:.2f}x"
                + ("" if int8_vs_float > 1 else " -- **int8 is slower than float32 on this CPU for this model**"),
                f"- ONNX Runtime vs PyTorch eager (>1: ORT faster): {t} {b['artifacts'][t]['ort_vs_eager']:.2f}x, "
                f"{s} {b['artifacts'][s]['ort_vs_eager']:.2f}x; eager student vs eager teacher: "
-               f"{p50(t, 'eager') / p50(s, 'eager'):.1f}x", "",
-               (HERE / pair["report"] / "bench.md").read_text().split("\n\n", 1)[1].split("\n![")[0].strip(), "",
+               f"{p50_ms(b, t, 'eager') / p50_ms(b, s, 'eager'):.1f}x", "",
+               bench_table(HERE / pair["report"]), "",
                f"![{t} vs {s}]({pair['report']}/bench.png)", ""]
     md += ["## Investigation: OpenMP wait policy and PyTorch eager", "",
            "The runs above set `OMP_WAIT_POLICY=PASSIVE`, and distill's ONNX Runtime sessions run with "
@@ -145,8 +146,8 @@ def render(record: dict) -> str:
     for policy, diag in record["diagnostics"].items():
         d = json.loads((HERE / diag["report"] / "bench.json").read_text())
         for name, art in d["artifacts"].items():
-            p = {r["runtime"]: r["batches"]["1"]["p50_ms"] for r in d["rows"] if r["artifact"] == name}
-            md.append(f"| {policy} | {name} | {p['eager']:.2f} | {p['ort']:.2f} | {art['ort_vs_eager']:.2f}x "
+            md.append(f"| {policy} | {name} | {p50_ms(d, name, 'eager'):.2f} | {p50_ms(d, name, 'ort'):.2f} | "
+                      f"{art['ort_vs_eager']:.2f}x "
                       f"| {d['machine']['load_average']:.1f} |")
     md += ["", "Commands: " + "; ".join(f"`{diag['bench']['command']}`" for diag in record["diagnostics"].values()), ""]
     slower = [s for s, f in int8_slower if f]
