@@ -62,7 +62,8 @@ from distill.cache import CachedTeacherDataset, TeacherCache  # noqa: E402
 from distill.data import load_data  # noqa: E402
 from distill.losses import KDLoss  # noqa: E402
 from distill.models import build_model  # noqa: E402
-from distill.train import Schedule, Speed, Supervised, fit  # noqa: E402
+from distill.settings import Schedule, Speed  # noqa: E402
+from distill.train import Supervised, fit  # noqa: E402
 
 OUT = REPO / "benchmarks" / "train_throughput"
 TEACHER, STUDENT, SIZE, CLASSES = "resnet152", "resnet18", 64, 10

@@ -41,8 +41,10 @@ from common import DEFAULT_DATA, hardware, minutes  # noqa: E402
 
 from distill.data import load_data  # noqa: E402
 from distill.models import ModelCard, build_model, save_checkpoint  # noqa: E402
-from distill.train import Schedule, Supervised, evaluate, fit  # noqa: E402
-from distill.transfer import Decision, adapt_teacher, choose_strategy  # noqa: E402
+from distill.settings import Schedule  # noqa: E402
+from distill.strategy import Decision, choose_strategy  # noqa: E402
+from distill.train import Supervised, evaluate, fit  # noqa: E402
+from distill.transfer import adapt_teacher  # noqa: E402
 
 ARCH, SHAPE = "resnet8", (1, 28, 28)
 OLD, NEW = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
@@ -74,7 +76,7 @@ def adapt(root: str, weights: Path, per_class: int, seed: int, strategy: str) ->
     torch.manual_seed(seed)
     model = build_model(ARCH, len(NEW), SHAPE, weights=None if strategy == "scratch" else str(weights))
     started = time.perf_counter()
-    adapt_teacher(model, decision.strategy, data.train, ADAPT[per_class], train_eval=data.train_eval,
+    adapt_teacher(model, decision.strategy, data.train, ADAPT[per_class], train_plain=data.train_plain,
                   finetune_from=FINETUNE_FROM, backbone_lr_scale=BACKBONE_LR_SCALE, seed=seed,
                   progress=False)
     return {"per_class": per_class, "seed": seed, "strategy": strategy,
