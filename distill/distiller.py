@@ -80,6 +80,9 @@ class Distiller(nn.Module):
         names = [t.name for t in terms]
         if len(set(names)) != len(names) or "ce" in names:
             raise DistillError(f"term names must be unique and not 'ce'; got {names}")
+        if not terms and not ce_weight:
+            raise DistillError("ce_weight is 0 and there are no distillation terms, so nothing would "
+                               "teach the student; expected ce_weight > 0 or at least one term")
         self.teacher = teacher.eval().requires_grad_(False)
         self.student = student.to(_device_of(teacher))  # one device for both, and the connectors
         self.terms = list(terms)
@@ -88,7 +91,11 @@ class Distiller(nn.Module):
             self.add_module(f"loss_{term.name}", term.loss)
         self._teacher_taps = FeatureTaps(teacher, [t.teacher for t in terms], role="teacher")
         self._student_taps = FeatureTaps(student, [t.student for t in terms], role="student")
-        self.connectors = nn.ModuleDict(self._probe_connectors(tuple(input_shape)))
+        try:
+            self.connectors = nn.ModuleDict(self._probe_connectors(tuple(input_shape)))
+        except BaseException:
+            self.close()  # a failed Distiller leaves no hook on the user's models
+            raise
         self.epoch = 0  # set by fit (set_epoch) for terms with a warm-up
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -118,6 +125,12 @@ class Distiller(nn.Module):
             s_out = self._student_features(probe)
             t_out = self._teacher_features(probe)
         self.student.train(was_training)
+        for role, outputs, path in [*(("student", s_out, t.student) for t in self.terms),
+                                    *(("teacher", t_out, t.teacher) for t in self.terms)]:
+            if path not in outputs:
+                raise DistillError(f"{role} layer {path!r} produced no output: the {role}'s forward "
+                                   "never calls it; expected a layer on the forward path (`distill models "
+                                   "--layers NAME` lists them)")
         if s_out[LOGITS].shape[-1] != t_out[LOGITS].shape[-1]:
             raise DistillError(f"teacher predicts {t_out[LOGITS].shape[-1]} classes but student "
                                f"{s_out[LOGITS].shape[-1]}; expected the same class count")

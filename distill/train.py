@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from . import distributed
@@ -46,9 +46,29 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
                 num_workers: int = 0, device: torch.device | None = None) -> DataLoader:
     """A loader whose shuffle order depends only on (seed, epoch), so resumed runs see the same batches."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_sampler=NoSingletonBatches(sampler, batch_size), generator=generator,
                       num_workers=num_workers, persistent_workers=False,
                       pin_memory=device is not None and device.type == "cuda")
+
+
+class NoSingletonBatches(BatchSampler):
+    """Batches of `batch_size` indices in the sampler's order, except that a last batch of a single
+    sample joins the one before: BatchNorm cannot normalise one sample in training mode."""
+
+    def __init__(self, sampler: Sampler[int], batch_size: int) -> None:
+        super().__init__(sampler, batch_size, drop_last=False)
+
+    def __iter__(self) -> Iterator[list[int]]:  # a generator: draws its order on first use, as torch's does
+        batches = list(super().__iter__())
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            last = batches.pop()
+            batches[-1] += last
+        yield from batches
+
+    def __len__(self) -> int:
+        n = super().__len__()
+        return n - 1 if n > 1 and len(self.sampler) % self.batch_size == 1 else n
 
 
 @torch.no_grad()
@@ -212,8 +232,8 @@ def _loader(data: Dataset, schedule: Schedule, epoch: int, seed: int, speed: Spe
     from torch.utils.data.distributed import DistributedSampler
     sampler = DistributedSampler(data, shuffle=True, seed=seed)
     sampler.set_epoch(epoch)
-    return DataLoader(data, batch_size=schedule.batch_size, sampler=sampler, num_workers=speed.num_workers,
-                      pin_memory=device.type == "cuda")
+    return DataLoader(data, batch_sampler=NoSingletonBatches(sampler, schedule.batch_size),
+                      num_workers=speed.num_workers, pin_memory=device.type == "cuda")
 
 
 def _train_epoch(module: nn.Module, data: Dataset, schedule: Schedule, optimizer: torch.optim.Optimizer,

@@ -31,13 +31,8 @@ def teacher_phase(ctx: RunContext) -> nn.Module:
 
 
 def given_teacher(ctx: RunContext, path: str) -> nn.Module:
-    """`teacher.checkpoint`: an already trained teacher, which must know the data's classes."""
-    model, card = load_checkpoint(path)
-    if card.num_classes != ctx.data.num_classes:
-        raise DistillError(f"teacher.checkpoint {path} predicts {card.num_classes} classes but data "
-                           f"{ctx.recipe.data.name!r} has {ctx.data.num_classes}; expected a teacher "
-                           "trained on the same classes")
-    model = model.to(ctx.device)
+    """`teacher.checkpoint`: an already trained teacher (the preflight checked it fits the data)."""
+    model = load_checkpoint(path)[0].to(ctx.device)
     ctx.score("teacher", model, [], source=str(path))
     return model
 
