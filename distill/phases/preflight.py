@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 from ..distiller import Distiller
-from ..models import load_checkpoint
 from .context import RunContext
 
 
 def preflight(ctx: RunContext) -> None:
     """Build both models and the distiller: wrong layer paths and class counts fail here."""
     spec = ctx.recipe.teacher
-    teacher = load_checkpoint(spec.checkpoint)[0].to(ctx.device) if spec.checkpoint else ctx.build("teacher")
+    teacher = ctx.load(spec.checkpoint)[0].to(ctx.device) if spec.checkpoint else ctx.build("teacher")
     with Distiller(teacher, ctx.build("student"), ctx.terms(), ctx.data.input_shape,
                    ce_weight=ctx.recipe.distill.ce_weight):
         pass

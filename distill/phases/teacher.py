@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from ..errors import DistillError
-from ..models import load_checkpoint
 from ..strategy import choose_strategy
 from ..transfer import adapt_teacher
 from .context import RunContext
@@ -32,7 +31,7 @@ def teacher_phase(ctx: RunContext) -> nn.Module:
 
 def given_teacher(ctx: RunContext, path: str) -> nn.Module:
     """`teacher.checkpoint`: an already trained teacher, which must know the data's classes."""
-    model, card = load_checkpoint(path)
+    model, card = ctx.load(path)
     if card.num_classes != ctx.data.num_classes:
         raise DistillError(f"teacher.checkpoint {path} predicts {card.num_classes} classes but data "
                            f"{ctx.recipe.data.name!r} has {ctx.data.num_classes}; expected a teacher "
