@@ -173,6 +173,9 @@ def tiny(num_classes):
     return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
 
 
+wide = functools.partial(lambda num_classes, width: tiny(num_classes), width=2)
+
+
 def planting(num_classes, marker):
     """A factory that also leaves a file behind: what any code in a factory could do."""
     Path(marker).touch()
@@ -373,6 +376,11 @@ def test_a_recipe_naming_os_system_as_its_model_is_refused_in_one_line(tmp_path,
     assert code == 2 and len(text.strip().splitlines()) == 1, text
     assert "refusing to call 'os:system'" in text
     assert not marker.exists()
+
+
+def test_a_partial_of_the_users_own_factory_still_builds(user_module):
+    """A functools.partial is judged by the function it wraps: the user's, here."""
+    assert build_model(user_module.spec("wide"), 10, SHAPE)(torch.zeros(1, *SHAPE)).shape == (1, 10)
 
 
 @pytest.mark.parametrize("factory, message", [

@@ -39,7 +39,9 @@ def _name(path: Path, taken: dict) -> str:
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where bench.json/md/png go (default: RUN_DIR, else ./bench).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@click.option("--trust-code", is_flag=True, help="Let checkpoints build 'package.module:factory' models, running that code: only for files you trust.")
+@click.option("--trust-code", is_flag=True,
+              help="Let checkpoints build 'package.module:factory' models, running that code: only for "
+                   "files you trust.")
 def bench(run_dir: Path | None, teacher: Path | None, students: tuple[Path, ...], throughput_batch: int,
           threads: int | None, rounds: int, round_time: float, warmup: int, runtimes: tuple[str, ...],
           data_name: str | None, data_root: str | None, max_samples: int | None, atol: float,

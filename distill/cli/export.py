@@ -21,7 +21,9 @@ from ..errors import DistillError
 @click.option("--data-root", default=None, help="Folder with <dataset>.npz files (default: $DISTILL_DATA).")
 @click.option("--max-samples", type=int, default=None, help="Test images for the int8 accuracy check (default: all).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@click.option("--trust-code", is_flag=True, help="Let checkpoints build 'package.module:factory' models, running that code: only for files you trust.")
+@click.option("--trust-code", is_flag=True,
+              help="Let checkpoints build 'package.module:factory' models, running that code: only for "
+                   "files you trust.")
 def export(checkpoint: Path, output: Path | None, atol: float, opset: int, int8: bool, calibration: int,
            data_name: str | None, data_root: str | None, max_samples: int | None, quiet: bool,
            trust_code: bool) -> None:

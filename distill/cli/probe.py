@@ -88,7 +88,8 @@ def _from_recipe(recipe: str, overrides: list[str], run_dir: Path | None, data_r
               help="Where probe.json and probe.png go (default: STEM_probe/ beside the checkpoint, "
                    "else ./RECIPE_probe/).")
 @click.option("--trust-code", is_flag=True,
-              help="Let checkpoints build 'package.module:factory' models, running that code: only for files you trust.")
+              help="Let checkpoints build 'package.module:factory' models, running that code: only for "
+                   "files you trust.")
 def probe(source: str, layers: str | None, run_dir: Path | None, overrides: tuple[str, ...], data: str | None,
           data_root: str | None, classes: str | None, per_class: int | None, test_limit: int | None,
           folds: int, device: str, out: Path | None, trust_code: bool) -> None:

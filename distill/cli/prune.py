@@ -25,7 +25,9 @@ from ..errors import DistillError
 @click.option("--batch", type=int, default=64, show_default=True, help="Calibration batch size for taylor.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Where to write the pruned checkpoint (default: CHECKPOINT with a .pruned.pt suffix).")
-@click.option("--trust-code", is_flag=True, help="Let checkpoints build 'package.module:factory' models, running that code: only for files you trust.")
+@click.option("--trust-code", is_flag=True,
+              help="Let checkpoints build 'package.module:factory' models, running that code: only for "
+                   "files you trust.")
 def prune(checkpoint: str, macs_ratio: float, importance: str, steps: int, round_to: int,
           dataset: str | None, data_root: str | None, batch: int, output: str | None, trust_code: bool) -> None:
     """Prune whole channels from CHECKPOINT's model (structured pruning with torch-pruning) until

@@ -14,6 +14,7 @@ or a path to a checkpoint; either way the classification head is replaced when t
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
@@ -93,7 +94,7 @@ def is_factory_spec(arch: str) -> bool:
     return ":" in arch
 
 
-def check_factory_spec(spec: str) -> None:
+def _check_factory_spec(spec: str) -> None:
     """Refuse, before anything is imported, a name that is malformed or from a package without models.
 
     The standard library is refused whole (importing some of it already acts: `antigravity`), and
@@ -107,9 +108,9 @@ def check_factory_spec(spec: str) -> None:
         raise _not_a_factory(spec, f"{parts[0]} is {_package_kind(parts[0])}")
 
 
-def user_factory(spec: str) -> Callable[..., nn.Module]:
+def _user_factory(spec: str) -> Callable[..., nn.Module]:
     """The callable `spec` names, once it is known that it can be a model factory (never called here)."""
-    check_factory_spec(spec)
+    _check_factory_spec(spec)
     module_name, _, attr = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
@@ -122,9 +123,11 @@ def user_factory(spec: str) -> Callable[..., nn.Module]:
 
 def _check_factory(spec: str, factory: object) -> None:
     """Refuse what cannot build a model, judged by where it is defined: a user module that
-    re-exports `os.system` still hands over `os.system`."""
+    re-exports `os.system` (or a functools.partial of it) still hands over `os.system`."""
     if not callable(factory):
         raise _not_a_factory(spec, f"it is {type(factory).__name__}, not a function or class")
+    while isinstance(factory, functools.partial):
+        factory = factory.func
     origin = getattr(factory, "__module__", None)
     if not isinstance(origin, str):
         raise _not_a_factory(spec, "the module that defines it is unknown")
@@ -132,8 +135,8 @@ def _check_factory(spec: str, factory: object) -> None:
         if package in sys.stdlib_module_names or package in NO_MODEL_PACKAGES:
             raise _not_a_factory(spec, f"it comes from {origin}, and {package} is {_package_kind(package)}")
         if package in MODEL_PACKAGES and not _is_model_class_or_builder(factory):
-            raise _not_a_factory(spec, f"it is {origin}.{getattr(factory, '__name__', '?')}, a {package} "
-                                       "function that is neither an nn.Module class nor a model builder")
+            raise _not_a_factory(spec, f"it is {origin}.{getattr(factory, '__name__', '?')}, from {package} "
+                                       "but neither an nn.Module class nor a model builder")
 
 
 def _package_kind(package: str) -> str:
@@ -156,7 +159,7 @@ def _not_a_factory(spec: str, why: str) -> DistillError:
 
 
 def _user_model(spec: str, num_classes: int, kwargs: dict) -> nn.Module:
-    factory = user_factory(spec)
+    factory = _user_factory(spec)
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # some compiled callables have no signature: pass what was given
