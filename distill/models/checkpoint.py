@@ -156,15 +156,13 @@ def _class_names(value: Any, num_classes: int) -> list[str]:
     return list(_expect(value, ok, "card.class_names", f"{num_classes} strings, one per class"))
 
 
-def check_trusted(card: ModelCard, path: str | os.PathLike, trust_code: bool | Iterable[str]) -> None:
+def _check_trusted(card: ModelCard, path: str | os.PathLike, trust_code: bool | Iterable[str]) -> None:
     """Refuse a card that needs code to be built unless the caller trusts it: `True` (the user said
     --trust-code), or a set of factories the user chose (those a recipe names for its own models)."""
     if not is_factory_spec(card.arch) or trust_code is True:
         return
-    if trust_code is not False:
-        allowed = {trust_code} if isinstance(trust_code, str) else set(trust_code)
-        if card.arch in allowed:
-            return
+    if trust_code and card.arch in ({trust_code} if isinstance(trust_code, str) else set(trust_code)):
+        return
     raise DistillError(f"checkpoint {path} asks to run code from {card.arch[:200]!r} to build its model; expected "
                        "a built-in architecture (see `distill models`), or --trust-code (trust_code = true "
                        "in a recipe) if you trust this file")
@@ -191,7 +189,7 @@ def load_checkpoint(path: str | os.PathLike,
         raise DistillError(f"{path} is not a distill checkpoint (no '{FORMAT}' format tag); "
                            "expected a file written by `distill run`, `distill prune` or save_checkpoint")
     card = ModelCard.from_dict(ckpt.get("card"), source=f"checkpoint {path}")
-    check_trusted(card, path, trust_code)
+    _check_trusted(card, path, trust_code)
     model = card.build()
     try:
         if card.pruned:
