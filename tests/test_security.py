@@ -250,8 +250,8 @@ def argv_loading(use: str, evil: Path, tmp_path: Path, recipe: Path) -> list[str
         "run teacher.checkpoint": lambda: [*run, "--set", f"teacher.checkpoint={evil}"],
         "run student.checkpoint": lambda: [*run, "--set", f"teacher.checkpoint={good}",
                                            "--set", f"student.checkpoint={evil}"],
-        "run --resume": lambda: [*run[:3], str(run_dir_with(tmp_path / "run", recipe, {"teacher": evil})),
-                                 *run[4:], "--resume"],
+        "run --resume": lambda: ["run", str(recipe), "--out", str(run_dir_with(tmp_path / "run", recipe,
+                                 {"teacher": evil})), "-q", "--device", "cpu", "--resume"],
     }[use]()
 
 
