@@ -18,7 +18,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -105,11 +105,13 @@ def machine_info(threads: int) -> dict[str, Any]:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def load_artifact(source: str | Path | Artifact | tuple[nn.Module, ModelCard], name: str | None = None) -> Artifact:
+def load_artifact(source: str | Path | Artifact | tuple[nn.Module, ModelCard], name: str | None = None,
+                  trust_code: bool | Iterable[str] = False) -> Artifact:
     """An Artifact from a checkpoint, an ONNX file, or a (model, card) pair.
 
     A checkpoint `x.pt` with a float `x.onnx` beside it uses that file as its ONNX form (checked
-    against the checkpoint before timing), so the file you ship is the one measured.
+    against the checkpoint before timing), so the file you ship is the one measured. `trust_code`
+    as in `load_checkpoint`.
     """
     if isinstance(source, Artifact):
         return replace(source)  # benchmark fills in temporary ONNX paths: keep the caller's object as it was
@@ -121,7 +123,7 @@ def load_artifact(source: str | Path | Artifact | tuple[nn.Module, ModelCard], n
     path = Path(source)
     if path.suffix == ".onnx":
         return _onnx_artifact(path, name or path.name.removesuffix(".onnx"))
-    model, card = load_checkpoint(path)
+    model, card = load_checkpoint(path, trust_code)
     sibling = path.with_suffix(".onnx")
     onnx = sibling if sibling.is_file() and onnx_metadata(sibling).get("precision", "float32") == "float32" else None
     return Artifact(name or path.stem, card, model=model, onnx=onnx, file=path, params=count_params(model),
@@ -163,7 +165,7 @@ def benchmark(artifacts: Mapping[str, str | Path | Artifact | tuple[nn.Module, M
               teacher: str | None = None, batch_sizes: Sequence[int] = (1,), threads: int | None = None,
               rounds: int = 20, round_time: float = 0.2, warmup: int = 3,
               runtimes: Sequence[str] = RUNTIMES, data: Data | None = None, max_samples: int | None = None,
-              atol: float = 1e-4, progress: bool = True) -> BenchResult:
+              atol: float = 1e-4, progress: bool = True, trust_code: bool | Iterable[str] = False) -> BenchResult:
     """Time every artifact in PyTorch eager and ONNX Runtime, interleaved; count cost; test accuracy.
 
     `artifacts` maps a name to a checkpoint, ONNX file, (model, card) pair or Artifact; `teacher`
@@ -171,6 +173,7 @@ def benchmark(artifacts: Mapping[str, str | Path | Artifact | tuple[nn.Module, M
     ONNX file for the ORT timing. Each of `rounds` rounds gives every (artifact, runtime) at least
     `round_time` seconds of back-to-back calls. `threads` defaults to the physical cores. `data`
     (a Dataset, DataLoader or (x, y) tensors of preprocessed inputs) adds test accuracy.
+    `trust_code` as in `load_checkpoint`.
 
     On a shared machine, set OMP_WAIT_POLICY=PASSIVE before torch is imported (`import distill`
     does, unless it is set): spinning OpenMP threads otherwise inflate eager latency many times over.
@@ -186,7 +189,7 @@ def benchmark(artifacts: Mapping[str, str | Path | Artifact | tuple[nn.Module, M
     if teacher not in artifacts:
         raise DistillError(f"teacher {teacher!r} is not among the artifacts ({', '.join(artifacts)})")
     threads = threads or physical_cores()
-    arts = {name: load_artifact(src, name) for name, src in artifacts.items()}
+    arts = {name: load_artifact(src, name, trust_code) for name, src in artifacts.items()}
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

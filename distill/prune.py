@@ -243,10 +243,11 @@ def prune_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, macs_ra
                      importance: str = "magnitude", steps: int = 5, round_to: int = 8,
                      calibration: tuple[Tensor, Tensor] | None = None,
                      ignored_layers: Iterable[nn.Module | str] | None = None,
-                     latency: bool = False) -> PruneReport:
-    """Prune the model of a distill checkpoint (see `prune_model`) and save it, still self-describing."""
+                     latency: bool = False, trust_code: bool | Iterable[str] = False) -> PruneReport:
+    """Prune the model of a distill checkpoint (see `prune_model`) and save it, still self-describing.
+    `trust_code` as in `load_checkpoint`."""
     check_arguments(macs_ratio, importance, steps, round_to)
-    model, card = load_checkpoint(path)
+    model, card = load_checkpoint(path, trust_code)
     example = torch.randn(1, *card.input_shape, generator=torch.Generator().manual_seed(0))
     report = prune_model(model, example, macs_ratio=macs_ratio, importance=importance, steps=steps,
                          round_to=round_to, calibration=calibration, ignored_layers=ignored_layers,

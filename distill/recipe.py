@@ -1,9 +1,15 @@
 """Recipes: TOML files that pair a teacher with a student, data, losses and schedules.
 
-A recipe is read with the standard library (`tomllib`), never evaluated, and validated into typed
+A recipe is read with the standard library (`tomllib`) and validated into typed
 dataclasses before any work starts. Every error names the key path and what was expected; unknown
 keys get a did-you-mean. `--set a.b.c=value` overrides any field (the value is read as TOML, and
 as a plain string when it is not valid TOML, so `--set teacher.model=resnet18` works).
+
+Reading a recipe runs nothing, but running one can: a `teacher.model` or `student.model` of the form
+`package.module:factory` imports that module and calls the factory, so a recipe naming one is code,
+to be trusted like a script (the standard library and torch functions are refused as factories).
+Checkpoints the recipe uses build only built-in architectures and the factories the recipe itself
+names, unless `trust_code = true` (or `--trust-code`) says to trust the code those files ask for.
 """
 from __future__ import annotations
 
@@ -155,6 +161,7 @@ class Recipe:
     device: str = "auto"
     out: str | None = None            # run directory; default runs/<name>
     skip_nonfinite: bool = False      # skip (and count) steps with a NaN/inf loss instead of stopping
+    trust_code: bool = False          # checkpoints may build any 'package.module:factory' (runs its code)
     data: DataSpec = field(default_factory=DataSpec)
     teacher: ModelSpec = field(default_factory=ModelSpec)
     student: ModelSpec = field(default_factory=ModelSpec)

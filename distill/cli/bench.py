@@ -39,10 +39,13 @@ def _name(path: Path, taken: dict) -> str:
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where bench.json/md/png go (default: RUN_DIR, else ./bench).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--trust-code", is_flag=True,
+              help="Let checkpoints build 'package.module:factory' models, running that code: only for "
+                   "files you trust.")
 def bench(run_dir: Path | None, teacher: Path | None, students: tuple[Path, ...], throughput_batch: int,
           threads: int | None, rounds: int, round_time: float, warmup: int, runtimes: tuple[str, ...],
           data_name: str | None, data_root: str | None, max_samples: int | None, atol: float,
-          out: Path | None, quiet: bool) -> None:
+          out: Path | None, quiet: bool, trust_code: bool) -> None:
     """Measure teacher and students: latency (p50/p90/p99 at batch 1) and throughput in PyTorch
     eager and ONNX Runtime, parameters, MACs, file size and (with --data) test accuracy.
 
@@ -72,12 +75,12 @@ def bench(run_dir: Path | None, teacher: Path | None, students: tuple[Path, ...]
     if data_name:  # preprocess as the teacher expects; load it once
         from ..bench import load_artifact
         from ..model_data import data_for_card
-        artifacts[first] = load_artifact(artifacts[first], first)
+        artifacts[first] = load_artifact(artifacts[first], first, trust_code)
         data = data_for_card(data_name, artifacts[first].card, root=data_root)
     batch_sizes = (1, throughput_batch) if throughput_batch > 1 else (1,)
     result = benchmark(artifacts, teacher=first, batch_sizes=batch_sizes, threads=threads, rounds=rounds,
                        round_time=round_time, warmup=warmup, runtimes=runtimes, data=data,
-                       max_samples=max_samples, atol=atol, progress=not quiet)
+                       max_samples=max_samples, atol=atol, progress=not quiet, trust_code=trust_code)
     if Path(sys.argv[0]).name in ("distill", "__main__.py"):
         result.settings["command"] = shlex.join(["distill", *sys.argv[1:]])
     paths = write_report(result, out or run_dir or Path("bench"))

@@ -21,8 +21,12 @@ from ..errors import DistillError
 @click.option("--data-root", default=None, help="Folder with <dataset>.npz files (default: $DISTILL_DATA).")
 @click.option("--max-samples", type=int, default=None, help="Test images for the int8 accuracy check (default: all).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--trust-code", is_flag=True,
+              help="Let checkpoints build 'package.module:factory' models, running that code: only for "
+                   "files you trust.")
 def export(checkpoint: Path, output: Path | None, atol: float, opset: int, int8: bool, calibration: int,
-           data_name: str | None, data_root: str | None, max_samples: int | None, quiet: bool) -> None:
+           data_name: str | None, data_root: str | None, max_samples: int | None, quiet: bool,
+           trust_code: bool) -> None:
     """Export CHECKPOINT to ONNX (dynamic batch axis, preprocessing in the metadata) and verify it
     against PyTorch with ONNX Runtime; a difference above --atol fails the command.
 
@@ -39,7 +43,7 @@ def export(checkpoint: Path, output: Path | None, atol: float, opset: int, int8:
 
     if opset < 17:
         raise DistillError(f"opset {opset} is too old; expected 17 or newer")
-    model, card = load_checkpoint(checkpoint)
+    model, card = load_checkpoint(checkpoint, trust_code)
     output = output or checkpoint.with_suffix(".onnx")
     bundle = None
     if data_name:

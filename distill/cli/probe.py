@@ -24,7 +24,7 @@ def _split_list(value: str | None, option: str, cast=str) -> list | None:
 
 
 def _from_checkpoint(path: Path, data: str | None, data_root: str | None, classes: list[int] | None,
-                     per_class: int | None, test_limit: int | None):
+                     per_class: int | None, test_limit: int | None, trust_code: bool):
     """(model, bundle) for a distill checkpoint, preprocessed the way its card says."""
     from ..model_data import data_for_card
     from ..models import load_checkpoint
@@ -32,31 +32,33 @@ def _from_checkpoint(path: Path, data: str | None, data_root: str | None, classe
     if data is None:
         raise DistillError(f"probing checkpoint {path} needs data; expected --data NAME (e.g. cifar10), "
                            "an image folder or an .npz file")
-    model, card = load_checkpoint(path)
+    model, card = load_checkpoint(path, trust_code)
     bundle = data_for_card(data, card, root=data_root, same_classes=False, classes=classes,
                            per_class=per_class, test_limit=test_limit)
     return model, bundle
 
 
 def _from_recipe(recipe: str, overrides: list[str], run_dir: Path | None, data_root: str | None,
-                 per_class: int | None, test_limit: int | None):
+                 per_class: int | None, test_limit: int | None, trust_code: bool):
     """(model, bundle, source): the recipe's teacher (its run's teacher.pt with --run) on its data."""
     import torch
 
     from ..model_data import data_for_recipe
     from ..models import build_model, load_checkpoint
+    from ..phases.context import recipe_trust
     from ..recipe import find_recipe, load_recipe
 
     r = load_recipe(find_recipe(recipe), overrides)
+    trust = trust_code or recipe_trust(r)
     bundle = data_for_recipe(r, data_root, augment=False, test_limit=test_limit, per_class=per_class)
     if run_dir is not None:
         path = run_dir / "teacher.pt"
         if not path.is_file():
             raise DistillError(f"run directory {run_dir} has no teacher.pt; expected the --out of a "
                                "`distill run` whose teacher phase finished")
-        return load_checkpoint(path)[0], bundle, path
+        return load_checkpoint(path, trust)[0], bundle, path
     if r.teacher.checkpoint:
-        return load_checkpoint(r.teacher.checkpoint)[0], bundle, Path(r.teacher.checkpoint)
+        return load_checkpoint(r.teacher.checkpoint, trust)[0], bundle, Path(r.teacher.checkpoint)
     if not r.teacher.weights:
         click.echo("warning: the recipe's teacher has no weights, so this probes random features; "
                    "expected teacher.weights, or --run DIR to probe the trained teacher", err=True)
@@ -85,9 +87,12 @@ def _from_recipe(recipe: str, overrides: list[str], run_dir: Path | None, data_r
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where probe.json and probe.png go (default: STEM_probe/ beside the checkpoint, "
                    "else ./RECIPE_probe/).")
+@click.option("--trust-code", is_flag=True,
+              help="Let checkpoints build 'package.module:factory' models, running that code: only for "
+                   "files you trust.")
 def probe(source: str, layers: str | None, run_dir: Path | None, overrides: tuple[str, ...], data: str | None,
           data_root: str | None, classes: str | None, per_class: int | None, test_limit: int | None,
-          folds: int, device: str, out: Path | None) -> None:
+          folds: int, device: str, out: Path | None, trust_code: bool) -> None:
     """Fit a linear classifier on each layer's pooled activations and print accuracy per depth,
     with the depth to transfer from. For small data unlike the pretraining data, earlier layers
     often beat the top.
@@ -116,10 +121,11 @@ def probe(source: str, layers: str | None, run_dir: Path | None, overrides: tupl
     if is_checkpoint:
         path = Path(source)
         model, bundle = _from_checkpoint(path, data, data_root, _split_list(classes, "--classes", int),
-                                         per_class, test_limit)
+                                         per_class, test_limit, trust_code)
         default_out = path.parent / f"{path.stem}_probe"
     else:
-        model, bundle, path = _from_recipe(source, list(overrides), run_dir, data_root, per_class, test_limit)
+        model, bundle, path = _from_recipe(source, list(overrides), run_dir, data_root, per_class, test_limit,
+                                           trust_code)
         default_out = path.parent / f"{path.stem}_probe" if path else Path(f"{Path(source).stem}_probe")
     chosen = _split_list(layers, "--layers") or default_layers(model)
     result = probe_layers(model, chosen, bundle.train_plain, bundle.test, val=bundle.val,

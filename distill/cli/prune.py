@@ -25,8 +25,11 @@ from ..errors import DistillError
 @click.option("--batch", type=int, default=64, show_default=True, help="Calibration batch size for taylor.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Where to write the pruned checkpoint (default: CHECKPOINT with a .pruned.pt suffix).")
+@click.option("--trust-code", is_flag=True,
+              help="Let checkpoints build 'package.module:factory' models, running that code: only for "
+                   "files you trust.")
 def prune(checkpoint: str, macs_ratio: float, importance: str, steps: int, round_to: int,
-          dataset: str | None, data_root: str | None, batch: int, output: str | None) -> None:
+          dataset: str | None, data_root: str | None, batch: int, output: str | None, trust_code: bool) -> None:
     """Prune whole channels from CHECKPOINT's model (structured pruning with torch-pruning) until
     its MACs are --macs of the original, and save a smaller model that loads like any checkpoint.
 
@@ -43,16 +46,18 @@ def prune(checkpoint: str, macs_ratio: float, importance: str, steps: int, round
     out = Path(output) if output else Path(checkpoint).with_suffix(".pruned.pt")
     calibration = None
     if importance == "taylor":
-        calibration = _calibration_batch(checkpoint, dataset, data_root, batch)
+        calibration = _calibration_batch(checkpoint, dataset, data_root, batch, trust_code)
     elif dataset:
         click.echo(f"warning: --data is only used by taylor importance, not {importance}", err=True)
     report = prune_checkpoint(checkpoint, out, macs_ratio=macs_ratio, importance=importance,
-                              steps=steps, round_to=round_to, calibration=calibration, latency=True)
+                              steps=steps, round_to=round_to, calibration=calibration, latency=True,
+                              trust_code=trust_code)
     click.echo(report.summary())
     click.echo(f"wrote {out}")
 
 
-def _calibration_batch(checkpoint: str, dataset: str | None, data_root: str | None, size: int):
+def _calibration_batch(checkpoint: str, dataset: str | None, data_root: str | None, size: int,
+                       trust_code: bool):
     """(inputs, labels) for Taylor importance: real images when --data names a dataset."""
     import torch
 
@@ -60,7 +65,7 @@ def _calibration_batch(checkpoint: str, dataset: str | None, data_root: str | No
 
     if size < 1:
         raise DistillError(f"--batch must be at least 1, got {size}")
-    model, card = load_checkpoint(checkpoint)
+    model, card = load_checkpoint(checkpoint, trust_code)
     if dataset is None:
         click.echo("warning: taylor importance on random inputs labelled by the model itself; pass "
                    "--data NAME to rank channels on real images", err=True)

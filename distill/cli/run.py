@@ -24,8 +24,11 @@ from ..errors import DistillError
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with N processes (DistributedDataParallel): reruns itself under torchrun.")
+@click.option("--trust-code", is_flag=True,
+              help="Let the recipe's checkpoints build any 'package.module:factory' model, running that code "
+                   "(the same as --set trust_code=true): only for files you trust.")
 def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, device: str | None,
-        data_root: str | None, quiet: bool, nproc: int) -> None:
+        data_root: str | None, quiet: bool, nproc: int, trust_code: bool) -> None:
     """Train a teacher, distil it into a student, train the student alone as a baseline,
     and print what distillation bought.
 
@@ -52,6 +55,8 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
     if device is not None:
         check_device(device)
     path = find_recipe(recipe)
+    if trust_code:
+        overrides = (*overrides, "trust_code=true")
     parsed = load_recipe(path, list(overrides))  # validate before starting processes
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         sys.exit(_relaunch_under_torchrun(nproc))

@@ -5,17 +5,22 @@ Names resolve in this order:
 - the small-input (32x32) family of the CRD/DKD papers: `resnet8` ... `mobilenetv2`;
 - any torchvision classification model (`resnet18`, `vgg16_bn`, `mobilenet_v3_small`, ...);
 - `"package.module:factory"`: a user's own model, called with `num_classes` (when it takes it)
-  and the recipe's keyword arguments.
+  and the recipe's keyword arguments. Naming a factory runs its code, so a checkpoint may name one
+  only when the user trusts it (see `load_checkpoint`), and callables that cannot be model factories
+  (the standard library, torch or numpy functions, non-callables) are refused before any call.
 
 `weights` is a torchvision weights name (`DEFAULT`, `IMAGENET1K_V1`, `ResNet18_Weights.IMAGENET1K_V2`)
 or a path to a checkpoint; either way the classification head is replaced when the class count differs.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
 import os
+import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +31,14 @@ from ..errors import DistillError, did_you_mean
 from .cifar import CIFAR_MODELS
 from .loading import read_state_dict
 from .mlp import MLP, SmallCNN
+
+FACTORY_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+# Installed beside distill, holding no model factory: a name from them is refused before any import.
+NO_MODEL_PACKAGES = frozenset({"numpy", "pandas", "scipy", "sklearn", "PIL", "matplotlib", "onnx", "onnxruntime",
+                               "click", "joblib", "dill", "yaml", "pip", "setuptools", "pkg_resources",
+                               "pytest", "_pytest", "IPython"})
+# Their model factories are their nn.Module classes and registered model builders; nothing else.
+MODEL_PACKAGES = frozenset({"torch", "torchvision", "distill", "torch_pruning"})
 
 
 def small_input_models() -> dict[str, Callable[..., nn.Module]]:
@@ -66,7 +79,7 @@ def _build_model(arch: str, num_classes: int, input_shape: Sequence[int],
         model = small_input_models()[arch](num_classes=num_classes, in_channels=channels, **kwargs)
     elif arch in torchvision_names():
         return _torchvision_model(arch, num_classes, weights, kwargs)
-    elif ":" in arch:
+    elif is_factory_spec(arch):
         model = _user_model(arch, num_classes, kwargs)
     else:
         raise DistillError(f"unknown model {arch!r}{did_you_mean(arch, available_models())}; "
@@ -76,14 +89,81 @@ def _build_model(arch: str, num_classes: int, input_shape: Sequence[int],
     return model
 
 
-def _user_model(spec: str, num_classes: int, kwargs: dict) -> nn.Module:
+def is_factory_spec(arch: str) -> bool:
+    """Whether `arch` names code to run (`package.module:factory`) rather than a built-in model."""
+    return ":" in arch
+
+
+def _check_factory_spec(spec: str) -> None:
+    """Refuse, before anything is imported, a name that is malformed or from a package without models.
+
+    The standard library is refused whole (importing some of it already acts: `antigravity`), and
+    so is any `__main__` module, whose import runs a program.
+    """
+    if not FACTORY_SPEC.fullmatch(spec):
+        raise DistillError(f"model {spec!r} is not a factory name; expected 'package.module:factory' "
+                           "(dotted module names, a colon, a function or class name)")
+    parts = spec.partition(":")[0].split(".")
+    if parts[0] in sys.stdlib_module_names or parts[0] in NO_MODEL_PACKAGES or "__main__" in parts:
+        raise _not_a_factory(spec, f"{parts[0]} is {_package_kind(parts[0])}")
+
+
+def _user_factory(spec: str) -> Callable[..., nn.Module]:
+    """The callable `spec` names, once it is known that it can be a model factory (never called here)."""
+    _check_factory_spec(spec)
     module_name, _, attr = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
         raise DistillError(f"cannot load model {spec!r}: {e}; expected 'package.module:factory' "
                            "importable from the current directory or an installed package") from e
-    params = inspect.signature(factory).parameters
+    _check_factory(spec, factory)
+    return factory
+
+
+def _check_factory(spec: str, factory: object) -> None:
+    """Refuse what cannot build a model, judged by where it is defined: a user module that
+    re-exports `os.system` (or a functools.partial of it) still hands over `os.system`."""
+    if not callable(factory):
+        raise _not_a_factory(spec, f"it is {type(factory).__name__}, not a function or class")
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    origin = getattr(factory, "__module__", None)
+    if not isinstance(origin, str):
+        raise _not_a_factory(spec, "the module that defines it is unknown")
+    for package in (spec.split(".")[0].split(":")[0], origin.split(".")[0]):
+        if package in sys.stdlib_module_names or package in NO_MODEL_PACKAGES:
+            raise _not_a_factory(spec, f"it comes from {origin}, and {package} is {_package_kind(package)}")
+        if package in MODEL_PACKAGES and not _is_model_class_or_builder(factory):
+            raise _not_a_factory(spec, f"it is {origin}.{getattr(factory, '__name__', '?')}, from {package} "
+                                       "but neither an nn.Module class nor a model builder")
+
+
+def _package_kind(package: str) -> str:
+    if package in sys.stdlib_module_names:
+        return "part of Python's standard library"
+    return "a package without model factories"
+
+
+def _is_model_class_or_builder(factory: object) -> bool:
+    if inspect.isclass(factory):
+        return issubclass(factory, nn.Module)
+    import torchvision
+    builders = [torchvision.models.get_model_builder(n) for n in torchvision.models.list_models()]
+    return any(factory is b for b in [*builders, *small_input_models().values()])
+
+
+def _not_a_factory(spec: str, why: str) -> DistillError:
+    return DistillError(f"refusing to call {spec!r} to build a model: {why}; expected a function or "
+                        "class of your own that returns an nn.Module")
+
+
+def _user_model(spec: str, num_classes: int, kwargs: dict) -> nn.Module:
+    factory = _user_factory(spec)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # some compiled callables have no signature: pass what was given
+        params = {}
     if "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
         kwargs = {"num_classes": num_classes, **kwargs}
     model = factory(**kwargs)

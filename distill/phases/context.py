@@ -1,7 +1,9 @@
 """What the phases of one run share: recipe, run directory, data, device, and the metrics so far."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +46,10 @@ class RunContext:
                                  "val": len(data.val) if data.val is not None else 0, "test": len(data.test)}}
 
     # ------------------------------------------------------------------ models
+    def load(self, path: str | Path) -> tuple[nn.Module, ModelCard]:
+        """A checkpoint this run uses (given in the recipe or left in the run directory)."""
+        return load_checkpoint(path, trust_code=recipe_trust(self.recipe))
+
     def spec(self, role: str) -> ModelSpec:
         """The recipe section of a role; the baseline and pruned models are students."""
         return self.recipe.teacher if role == "teacher" else self.recipe.student
@@ -88,7 +94,7 @@ class RunContext:
         path = self.run.checkpoint(role)
         if not path.exists():
             return None
-        model = load_checkpoint(path)[0].to(self.device)
+        model = self.load(path)[0].to(self.device)
         history = safe_load(path)["extra"].get("history", [])
         if role not in self.metrics:  # killed after the checkpoint, before metrics.json was written
             self.score(role, model, history)
@@ -118,3 +124,9 @@ class RunContext:
     def write(self) -> None:
         if distributed.is_main():
             self.run.write(self.metrics, self.history)
+
+
+def recipe_trust(recipe: Recipe) -> bool | Iterable[str]:
+    """The code a recipe's checkpoints may run to build their models: any factory with
+    `trust_code = true`, else only the factories the recipe itself names for its teacher and student."""
+    return recipe.trust_code or {recipe.teacher.model, recipe.student.model}

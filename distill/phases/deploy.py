@@ -7,8 +7,7 @@ from .. import distributed
 from ..bench import benchmark, write_report
 from ..data import take_batch
 from ..export import export_onnx, quantize_int8
-from ..models import load_checkpoint
-from .context import RunContext
+from .context import RunContext, recipe_trust
 
 STUDENTS = ("student", "pruned")
 
@@ -19,7 +18,7 @@ def export_phase(ctx: RunContext) -> dict[str, Path]:
     if not distributed.is_main():
         return onnx_files
     for role in _finished(ctx, STUDENTS):
-        model, card = load_checkpoint(ctx.run.checkpoint(role))
+        model, card = ctx.load(ctx.run.checkpoint(role))
         path = ctx.run.path / f"{role}.onnx"
         report = export_onnx(model, card, path, sample=take_batch(ctx.data.test, 32)[0], atol=spec.atol)
         ctx.metrics.setdefault("export", {})[role] = {
@@ -41,7 +40,7 @@ def bench_phase(ctx: RunContext, onnx_files: dict[str, Path]) -> None:
     artifacts.update({f"{name}.onnx": path for name, path in onnx_files.items()})
     b = ctx.recipe.bench
     result = benchmark(artifacts, teacher="teacher", batch_sizes=(1, b.batch_size), rounds=b.rounds,
-                       data=ctx.data.test, progress=ctx.progress)
+                       data=ctx.data.test, progress=ctx.progress, trust_code=recipe_trust(ctx.recipe))
     write_report(result, ctx.run.path)
     ctx.metrics["bench"] = {"file": "bench.json", "teacher_runtime": result.teacher_runtime}
 

@@ -12,7 +12,6 @@ from torch import nn
 from ..data import take_batch
 from ..distiller import Distiller
 from ..errors import DistillError
-from ..models import load_checkpoint
 from .context import RunContext
 
 
@@ -42,7 +41,7 @@ def _teacher(ctx: RunContext) -> nn.Module:
     path = ctx.recipe.teacher.checkpoint
     if not path:
         return ctx.build("teacher")
-    model, card = load_checkpoint(path)
+    model, card = ctx.load(path)
     if card.num_classes != ctx.data.num_classes or tuple(card.input_shape) != tuple(ctx.data.input_shape):
         raise DistillError(f"teacher.checkpoint {path} takes inputs of shape {tuple(card.input_shape)} and "
                            f"predicts {card.num_classes} classes, but data {ctx.recipe.data.name!r} gives "

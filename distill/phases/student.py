@@ -10,7 +10,6 @@ from .. import distributed
 from ..cache import CachedTeacherDataset, TeacherCache
 from ..distiller import Distiller, Term
 from ..gain import paired_gain
-from ..models import load_checkpoint
 from ..train import Supervised, correct_predictions, fit
 from .context import RunContext
 
@@ -19,7 +18,7 @@ def student_phase(ctx: RunContext, teacher: nn.Module) -> nn.Module:
     """The student distilled from `teacher` by the recipe's terms (with CE on the labels)."""
     spec = ctx.recipe.student
     if spec.checkpoint:  # an already distilled student, e.g. to compare pruning recoveries
-        model = load_checkpoint(spec.checkpoint)[0].to(ctx.device)
+        model = ctx.load(spec.checkpoint)[0].to(ctx.device)
         ctx.score("student", model, [], source=str(spec.checkpoint))
         return model
     done = ctx.finished("student")

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from ..errors import DistillError
-from ..models import load_checkpoint
 from ..strategy import choose_strategy
 from ..transfer import adapt_teacher
 from .context import RunContext
@@ -32,7 +31,7 @@ def teacher_phase(ctx: RunContext) -> nn.Module:
 
 def given_teacher(ctx: RunContext, path: str) -> nn.Module:
     """`teacher.checkpoint`: an already trained teacher (the preflight checked it fits the data)."""
-    model = load_checkpoint(path)[0].to(ctx.device)
+    model = ctx.load(path)[0].to(ctx.device)
     ctx.score("teacher", model, [], source=str(path))
     return model
 
