@@ -5,11 +5,14 @@ code 2 and a single `error: KEY...: expected ...` line, never a traceback, and n
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 from helpers import cli, tiny_recipe
 
+from distill.data.transforms import Normalize
+from distill.errors import DistillError
 from distill.recipe import load_recipe
 
 
@@ -178,3 +181,14 @@ def test_a_byte_order_mark_is_read_as_windows_editors_write_it(tmp_path):
     assert path.read_bytes().startswith(b"\xef\xbb\xbf")
     recipe = load_recipe(path)
     assert recipe.name == "caf\u00e9" and recipe.student.epochs == 2
+
+
+@pytest.mark.parametrize("mean, std", [
+    ((0.5,), (0.0,)), ((0.5,), (math.nan,)), ((0.5,), (-0.2,)), ((math.inf,), (0.3,)), ((0.5,), (1e-300,)),
+    ((0.5, 0.5), (0.3,)), ((), ()), (("0.5",), (0.3,)),
+])
+def test_normalisation_that_would_turn_images_into_nan_or_inf_is_refused(mean, std):
+    """Model cards read from checkpoint files carry mean/std too, not only recipes: every
+    pipeline checks them, so a zero, tiny or NaN std never divides an image."""
+    with pytest.raises(DistillError, match=r"^(mean|std)=.*: expected"):
+        Normalize(mean, std)
