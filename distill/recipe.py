@@ -442,6 +442,8 @@ def _check_data(d: DataSpec) -> None:
     for key in ("image_size", "channels", "per_class", "train_limit", "test_limit", "num_classes"):
         _positive(getattr(d, key), f"data.{key}", integer=True)
     _not_negative(d.jitter, "data.jitter", integer=True)
+    if d.classes is not None and (not d.classes or min(d.classes) < 0 or len(set(d.classes)) != len(d.classes)):
+        raise DistillError(f"data.classes: expected distinct labels >= 0 (at least one), got {d.classes!r}")
     _checked("data.", Speed, num_workers=d.num_workers)
     for kind in ("mean", "std"):
         _check_stats(kind, getattr(d, kind), d.channels)
