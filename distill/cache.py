@@ -12,13 +12,18 @@ seeded by (seed, i, v), and in epoch e the student sees view e mod `views`. So:
   distinct augmentations per sample instead of a fresh one every epoch (less augmentation
   diversity; FKD, Shen & Xing 2021, uses the same trade with K ~ epochs/4 at ImageNet scale).
 Stored as float16 by default (relative rounding ~5e-4), or float32 for bit-exact replay.
-The cache is keyed by the teacher's weights, the dataset, its transform, the read paths, the
-views and the seed: change any and it is rebuilt, never silently reused.
+The cache is keyed by the teacher's weights, the dataset (its class, length, transform described
+without memory addresses, and the content of a few samples), the read paths, the views, the seed
+and the dtype: change any and it is rebuilt, never silently reused. The key is the same in every
+process that runs the same recipe, so `--resume` reuses the cache and, under DDP, rank 0 builds it
+and the other ranks only open it. A damaged cache (corrupt meta.json or array) is rebuilt.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,22 +35,48 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .errors import DistillError
+from .files import atomic_write_text
+from .settings import check_cache
 from .taps import LOGITS, FeatureTaps
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")
 
-def _fingerprint(teacher: nn.Module, dataset: Dataset, paths: Sequence[str], views: int, seed: int) -> str:
+
+def describe_transform(transform: Any) -> str:
+    """`repr(transform)` without memory addresses, which differ in every process.
+
+    The project's transforms (and torchvision's) repr as their class and settings; an unknown
+    one may repr as `<function f at 0x7f...>`, which is kept only up to its address: what it does
+    to the images is caught by the hash of their content in the key.
+    """
+    return _ADDRESS.sub("", repr(transform))
+
+
+def cache_key(teacher: nn.Module, dataset: Dataset, paths: Sequence[str], *, views: int = 1, seed: int = 0,
+              dtype: str = "float16") -> str:
+    """What a cache depends on, the same in every process that runs the same recipe: the teacher's
+    weights; the dataset's class, length and transform description; the content of a few of its
+    samples (view 0, as augmented with `seed`); the read paths, views, seed and dtype."""
     h = hashlib.sha256()
     for name, tensor in teacher.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    h.update(json.dumps({"paths": list(paths), "views": views, "seed": seed, "n": len(dataset),
-                         "dataset": type(dataset).__name__,
-                         "transform": repr(getattr(dataset, "transform", None))}).encode())
-    for i in sorted({0, len(dataset) // 2, len(dataset) - 1}):  # content of a few samples
+    kind = type(dataset)
+    h.update(json.dumps({"paths": list(dict.fromkeys(paths)), "views": views, "seed": seed, "dtype": dtype,
+                         "n": len(dataset), "dataset": f"{kind.__module__}.{kind.__qualname__}",
+                         "transform": describe_transform(getattr(dataset, "transform", None))}).encode())
+    for i in sorted({0, len(dataset) // 2, len(dataset) - 1}):
         x, y = ViewDataset(dataset, views=1, seed=seed)._sample(i, 0)
         h.update(x.numpy().tobytes())
         h.update(str(int(y)).encode())
     return h.hexdigest()[:20]
+
+
+def draws_random_views(dataset: Dataset, seed: int = 0, tries: int = 8) -> bool:
+    """Whether `dataset` augments at random: its first sample differs between views."""
+    source = ViewDataset(dataset, views=tries, seed=seed)
+    first = source._sample(0, 0)[0]
+    return any(not torch.equal(first, source._sample(0, view)[0]) for view in range(1, tries))
 
 
 class ViewDataset(Dataset):
@@ -89,11 +120,14 @@ class CachedTeacherDataset(ViewDataset):
 
 
 class TeacherCache:
-    """Memory-mapped float16 teacher outputs, one array per read path: [views, N, *shape]."""
+    """Memory-mapped float16 teacher outputs, one array per read path: [views, N, *shape].
 
-    def __init__(self, directory: Path, meta: dict[str, Any]) -> None:
-        self.directory, self.meta = directory, meta
-        self.views, self.seed = meta["views"], meta["seed"]
+    `reused` says whether this process found the cache on disk (True) or wrote it (False).
+    """
+
+    def __init__(self, directory: Path, meta: dict[str, Any], reused: bool = False) -> None:
+        self.directory, self.meta, self.reused = directory, meta, reused
+        self.key, self.views, self.seed = meta["key"], meta["views"], meta["seed"]
         self._arrays: dict[str, np.ndarray] | None = None
 
     @property
@@ -113,6 +147,20 @@ class TeacherCache:
         return {**self.__dict__, "_arrays": None}
 
     @classmethod
+    def open(cls, directory: str | Path, key: str) -> "TeacherCache":
+        """The complete cache in `directory` built for `key`, without writing anything: how the
+        ranks other than 0 read the cache rank 0 built. Any other state is a DistillError."""
+        directory = Path(directory)
+        meta, problem = _inspect(directory)
+        if meta is not None and meta["key"] != key:
+            problem = (f"it was built for key {meta['key']}, this process computes {key} (different "
+                       "teacher weights, data, transforms, seed or read paths)")
+        if problem:
+            raise DistillError(f"teacher cache {directory}: {problem}; expected the complete cache of "
+                               f"this run (delete {directory} and run again to rebuild it)")
+        return cls(directory, meta, reused=True)
+
+    @classmethod
     def build(cls, teacher: nn.Module, dataset: Dataset, paths: Sequence[str], directory: str | Path, *,
               views: int = 1, seed: int = 0, dtype: str = "float16", batch_size: int = 256,
               device: torch.device | str = "cpu", num_workers: int = 0,
@@ -120,53 +168,109 @@ class TeacherCache:
         """Open the cache in `directory` when its key matches, else run the teacher and write it.
 
         `dtype` float16 halves the disk and read cost (relative rounding ~5e-4 on each output);
-        float32 makes cached training bit-identical to running the teacher.
+        float32 makes cached training bit-identical to running the teacher. A damaged cache (a
+        corrupt meta.json or array) is rebuilt, with a one-line note: it only ever costs time.
         """
-        if dtype not in ("float16", "float32"):
-            raise DistillError(f"cache dtype must be float16 or float32, got {dtype!r}")
-        if views < 1:
-            raise DistillError(f"cache views must be a positive integer, got {views!r}")
+        try:
+            check_cache(views, dtype)
+        except DistillError as e:
+            raise DistillError(f"teacher cache {e}") from None
         paths = list(dict.fromkeys(paths))
         directory = Path(directory)
-        key = _fingerprint(teacher, dataset, paths, views, seed) + dtype
-        meta_file = directory / "meta.json"
-        if meta_file.exists():
-            meta = json.loads(meta_file.read_text())
-            if meta.get("key") == key and meta.get("complete"):
-                return cls(directory, meta)
+        key = cache_key(teacher, dataset, paths, views=views, seed=seed, dtype=dtype)
+        meta, problem = _inspect(directory)
+        if meta is not None and meta["key"] == key:
+            return cls(directory, meta, reused=True)
+        if problem and problem != _NO_CACHE:
+            print(f"note: teacher cache {directory}: {problem}; rebuilding it (it is only a cache)",
+                  file=sys.stderr)
+        meta = {"key": key, "paths": paths, "views": views, "seed": seed, "n": len(dataset), "dtype": dtype,
+                "complete": False}
         directory.mkdir(parents=True, exist_ok=True)
-        meta_file.unlink(missing_ok=True)
-        meta = {"key": key, "paths": paths, "views": views, "seed": seed, "n": len(dataset), "complete": False}
-        teacher = teacher.eval().to(device)
-        taps = FeatureTaps(teacher, paths, role="teacher")
-        arrays: dict[str, np.ndarray] = {}
-        try:
-            source = ViewDataset(dataset, views, seed)
-            for view in range(views):
-                source.set_epoch(view)
-                loader = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                    generator=torch.Generator())  # leaves the global RNG untouched
-                start = 0
-                for images, _ in tqdm(loader, desc=f"teacher cache view {view + 1}/{views}", leave=False,
-                                      disable=None if progress else True):
-                    with torch.inference_mode():
-                        logits = teacher(images.to(device))
-                        outputs = {**taps.outputs, LOGITS: logits}
-                    for i, p in enumerate(paths):
-                        out = outputs[p].float().cpu().numpy()
-                        if dtype == "float16" and np.abs(out).max(initial=0) > np.finfo(np.float16).max:
-                            raise DistillError(f"teacher output {p!r} exceeds the float16 range "
-                                               f"({np.abs(out).max():.3g}); expected cache dtype float32")
-                        if p not in arrays:
-                            arrays[p] = np.lib.format.open_memmap(directory / f"{i}.npy", mode="w+",
-                                                                  dtype=np.dtype(dtype),
-                                                                  shape=(views, len(dataset), *out.shape[1:]))
-                        arrays[p][view, start:start + len(out)] = out
-                    start += len(images)
-        finally:
-            taps.remove()
-        for a in arrays.values():
-            a.flush()
-        meta["complete"] = True
-        meta_file.write_text(json.dumps(meta))
-        return cls(directory, meta)
+        (directory / "meta.json").unlink(missing_ok=True)
+        arrays = _run_teacher(teacher, ViewDataset(dataset, views, seed), paths, directory, dtype,
+                              batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)
+        meta.update(shapes=[list(arrays[p].shape) for p in paths], complete=True)
+        atomic_write_text(directory / "meta.json", json.dumps(meta))
+        return cls(directory, meta, reused=False)
+
+
+_NO_CACHE = "it holds no complete cache"
+_META_TYPES = {"key": str, "paths": list, "views": int, "seed": int, "n": int, "dtype": str, "shapes": list,
+               "complete": bool}
+
+
+def _inspect(directory: Path) -> tuple[dict[str, Any] | None, str]:
+    """(meta, "") of the complete cache in `directory`, else (None, why it cannot be used). Every
+    file is checked against meta.json (types, then each array's shape and dtype), so a damaged
+    cache is found here, not as a traceback in the middle of training."""
+    meta_file = directory / "meta.json"
+    if not meta_file.exists():
+        return None, _NO_CACHE
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"{meta_file} is not readable JSON ({type(e).__name__})"
+    wrong = [k for k, kind in _META_TYPES.items() if not isinstance(meta, dict)
+             or not isinstance(meta.get(k), kind) or (kind is int and isinstance(meta.get(k), bool))]
+    if wrong:
+        return None, f"{meta_file} lacks or mistypes {', '.join(wrong)}"
+    if not meta["complete"]:
+        return None, _NO_CACHE
+    if len(meta["shapes"]) != len(meta["paths"]):
+        return None, f"{meta_file} lists {len(meta['shapes'])} shapes for {len(meta['paths'])} paths"
+    for i, shape in enumerate(meta["shapes"]):
+        problem = _check_array(directory / f"{i}.npy", shape, meta)
+        if problem:
+            return None, problem
+    return meta, ""
+
+
+def _check_array(file: Path, shape: Any, meta: dict[str, Any]) -> str:
+    """Why `file` is not the [views, n, ...] array of `meta['dtype']` that meta.json says, or ""."""
+    try:
+        array = np.load(file, mmap_mode="r")  # reads the header only; never unpickles
+    except (OSError, ValueError, EOFError) as e:
+        return f"{file} cannot be read as an array ({type(e).__name__})"
+    expected = (meta["views"], meta["n"])
+    if list(array.shape) != shape or tuple(array.shape[:2]) != expected or array.dtype != np.dtype(meta["dtype"]):
+        return (f"{file} holds {array.dtype} {list(array.shape)}, meta.json says {meta['dtype']} {shape} "
+                f"with {expected[0]} views of {expected[1]} samples")
+    return ""
+
+
+def _run_teacher(teacher: nn.Module, source: ViewDataset, paths: list[str], directory: Path, dtype: str, *,
+                 batch_size: int, device: torch.device | str, num_workers: int,
+                 progress: bool) -> dict[str, np.ndarray]:
+    """Run the teacher on every view of every sample and write its outputs to `directory`."""
+    teacher = teacher.eval().to(device)
+    taps = FeatureTaps(teacher, paths, role="teacher")
+    arrays: dict[str, np.ndarray] = {}
+    n = len(source)
+    try:
+        for view in range(source.views):
+            source.set_epoch(view)
+            loader = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                generator=torch.Generator())  # leaves the global RNG untouched
+            start = 0
+            for images, _ in tqdm(loader, desc=f"teacher cache view {view + 1}/{source.views}", leave=False,
+                                  disable=None if progress else True):
+                with torch.inference_mode():
+                    logits = teacher(images.to(device))
+                    outputs = {**taps.outputs, LOGITS: logits}
+                for i, p in enumerate(paths):
+                    out = outputs[p].float().cpu().numpy()
+                    if dtype == "float16" and np.abs(out).max(initial=0) > np.finfo(np.float16).max:
+                        raise DistillError(f"teacher output {p!r} exceeds the float16 range "
+                                           f"({np.abs(out).max():.3g}); expected cache dtype float32")
+                    if p not in arrays:
+                        arrays[p] = np.lib.format.open_memmap(directory / f"{i}.npy", mode="w+",
+                                                              dtype=np.dtype(dtype),
+                                                              shape=(source.views, n, *out.shape[1:]))
+                    arrays[p][view, start:start + len(out)] = out
+                start += len(images)
+    finally:
+        taps.remove()
+    for a in arrays.values():
+        a.flush()
+    return arrays

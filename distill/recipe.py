@@ -15,16 +15,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
+import torch
+
+from .data.transforms import check_stats
 from .errors import DistillError, did_you_mean
 from .losses import LOSSES, build_loss
-from .models.registry import available_models
+from .models.options import OptionError
+from .models.registry import available_models, build_model, small_input_models
+from .prune import IMPORTANCES
 from .settings import Schedule, Speed, check_cache, check_device
 from .strategy import STRATEGIES as TEACHER_STRATEGIES
 
@@ -199,13 +206,37 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise DistillError(f"recipe {path} does not exist; expected a .toml file (see `distill recipes`)")
+    """The TOML table of a recipe file: UTF-8 text, with or without a byte-order mark."""
+    text = _read_text(Path(path))
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise DistillError(f"recipe {path} is not valid TOML: {e}") from e
+    except RecursionError:
+        raise DistillError(f"recipe {path} is not valid TOML: nested too deeply; expected a recipe "
+                           "(see `distill recipes`)") from None
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; a BOM (Windows editors write one) is dropped, as TOML readers do."""
+    if not path.exists():
+        raise DistillError(f"recipe {path} does not exist; expected a .toml file (see `distill recipes`)")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise DistillError(f"recipe {path} is {kind}; expected a .toml file (see `distill recipes`)")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DistillError(f"cannot read recipe {path}: {e.strerror or e}; expected a readable .toml "
+                           "file") from e
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DistillError(f"recipe {path} is not UTF-8 text (it is UTF-16); expected a .toml file "
+                           "saved as UTF-8")
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        raise DistillError(f"recipe {path} is not UTF-8 text (byte {e.start} is {raw[e.start]:#04x}); "
+                           "expected a .toml file saved as UTF-8") from e
 
 
 def recipe_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> Recipe:
@@ -222,23 +253,25 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise DistillError(f"--set {item!r}: expected KEY=VALUE, e.g. --set student.epochs=2")
+    if not _is_text(item):
+        raise DistillError(f"--set {item!r}: expected UTF-8 text")
     keys = key.strip().split(".")
     value = _parse_value(raw.strip())
     node: Any = data
     cls: Any = Recipe
     for i, k in enumerate(keys):
-        where = ".".join(keys[: i + 1])
-        last = i == len(keys) - 1
+        parent, where, last = ".".join(keys[:i]), ".".join(keys[: i + 1]), i == len(keys) - 1
         if isinstance(node, list):
-            if not k.isdigit() or int(k) >= len(node):
-                raise DistillError(f"--set {key}: {where} is not an item of a {len(node)}-item list; "
-                                   f"expected an index 0..{len(node) - 1}")
+            index = _list_index(node, k, key, parent)
             if last:
-                node[int(k)] = value
+                node[index] = value
             else:
-                node = node[int(k)]
+                node = node[index]
             cls = _item_type(cls)
             continue
+        if not isinstance(node, dict):
+            raise DistillError(f"--set {key}: {parent} is {_describe(node)}, not a table or a list; "
+                               f"expected a key that ends there, such as --set {parent}=VALUE")
         if dataclasses.is_dataclass(cls):
             fields = {f.name: f for f in dataclasses.fields(cls)}
             if k not in fields:
@@ -254,6 +287,24 @@ def apply_override(data: dict[str, Any], item: str) -> None:
                     default = _default_of(keys[:i + 1])
                     node[k] = [dataclasses.asdict(t) if dataclasses.is_dataclass(t) else t for t in default]
             node = node[k]
+
+
+def _list_index(items: list[Any], k: str, key: str, parent: str) -> int:
+    """The position `k` names in `items` (the list at `parent`), or a DistillError."""
+    if re.fullmatch("[0-9]+", k) and int(k) < len(items):
+        return int(k)
+    expected = (f"an index 0..{len(items) - 1}" if items
+                else f"no index into an empty list (set it whole: --set {parent}=[...])")
+    raise DistillError(f"--set {key}: {parent}.{k} is not an item of a {len(items)}-item list; expected {expected}")
+
+
+def _is_text(value: str) -> bool:
+    """Whether `value` can be written as UTF-8 (command lines may carry undecodable bytes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_value(raw: str) -> Any:
@@ -343,18 +394,22 @@ def _describe(value: Any) -> str:
 
 # ----------------------------------------------------------------------------- semantic checks
 
-def _positive(value: float, path: str, integer: bool = False) -> None:
-    if value is not None and value <= 0:
+def _positive(value: float | None, path: str, integer: bool = False) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
         kind = "a positive integer" if integer else "a positive number"
         raise DistillError(f"{path}: expected {kind}, got {value!r}")
 
 
+def _not_negative(value: float, path: str, integer: bool = False) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise DistillError(f"{path}: expected {'an integer' if integer else 'a number'} >= 0, got {value!r}")
+
+
 def _check(r: Recipe) -> None:
     check_device(r.device)
-    if not 0 <= r.data.val_fraction < 1:
-        raise DistillError(f"data.val_fraction: expected a fraction in [0, 1), got {r.data.val_fraction!r}")
-    for key in ("image_size", "channels", "per_class", "train_limit", "test_limit", "num_classes"):
-        _positive(getattr(r.data, key), f"data.{key}", integer=True)
+    _check_paths(r)
+    _not_negative(r.seed, "seed", integer=True)
+    _check_data(r.data)
     for role in ("teacher", "student"):
         _check_model_spec(getattr(r, role), role)
     if r.student.strategy not in ("scratch", "full"):
@@ -365,9 +420,56 @@ def _check(r: Recipe) -> None:
                            "module path such as 'layer4'")
     _check_distill(r.distill)
     _checked("speed.", Speed, amp=r.speed.amp)
-    _checked("data.", Speed, num_workers=r.data.num_workers)
     _check_prune(r.prune)
     _positive(r.export.atol, "export.atol")
+    _positive(r.export.calibration_images, "export.calibration_images", integer=True)
+    for key in ("batch_size", "rounds"):
+        _positive(getattr(r.bench, key), f"bench.{key}", integer=True)
+
+
+def _check_paths(r: Recipe) -> None:
+    """`name` is one folder inside runs/; the paths (`out` may be anywhere) hold no NUL."""
+    name = r.name
+    if (not name or name in (".", "..") or any(c in name for c in "/\\\0")
+            or PureWindowsPath(name).drive):
+        raise DistillError(f"name: expected a plain folder name, as the run goes to runs/<name> (no /, "
+                           f"\\, NUL, drive, '.' or '..'; set out = '...' for another place), got {name!r}")
+    paths = {"out": r.out, "data.root": r.data.root, "data.path": r.data.path}
+    for role in ("teacher", "student"):
+        spec = getattr(r, role)
+        paths.update({f"{role}.weights": spec.weights, f"{role}.checkpoint": spec.checkpoint})
+    for key, value in paths.items():
+        if value is not None and "\0" in value:
+            raise DistillError(f"{key}: expected a path without NUL characters, got {value!r}")
+
+
+def _check_data(d: DataSpec) -> None:
+    if not 0 <= d.val_fraction < 1:
+        raise DistillError(f"data.val_fraction: expected a fraction in [0, 1), got {d.val_fraction!r}")
+    for key in ("image_size", "channels", "per_class", "train_limit", "test_limit", "num_classes"):
+        _positive(getattr(d, key), f"data.{key}", integer=True)
+    _not_negative(d.jitter, "data.jitter", integer=True)
+    if d.classes is not None and (not d.classes or min(d.classes) < 0 or len(set(d.classes)) != len(d.classes)):
+        raise DistillError(f"data.classes: expected distinct labels >= 0 (at least one), got {d.classes!r}")
+    _checked("data.", Speed, num_workers=d.num_workers)
+    for kind in ("mean", "std"):
+        _check_stats(kind, getattr(d, kind), d.channels)
+
+
+def _check_stats(kind: str, values: list[float] | None, channels: int | None) -> None:
+    """data.mean / data.std: one value for every channel, or one per channel; finite, std > 0."""
+    if values is None:
+        return
+    counts = sorted({1, channels or 3})  # without `channels`, the data's own: 1 (grey) or 3 (RGB)
+    try:
+        check_stats(kind, values)
+        fits = len(values) in counts
+    except DistillError:
+        fits = False
+    if not fits:
+        numbers = "finite numbers" if kind == "mean" else "positive finite numbers"
+        raise DistillError(f"data.{kind}: expected {' or '.join(map(str, counts))} {numbers} (one per "
+                           f"channel), got {values!r}")
 
 
 def _checked(where: str, check, *args: Any, **kwargs: Any) -> Any:
@@ -381,27 +483,41 @@ def _checked(where: str, check, *args: Any, **kwargs: Any) -> Any:
 
 def _check_model_spec(spec: ModelSpec, role: str) -> None:
     _checked(f"{role}.", spec.schedule)
+    _not_negative(spec.backbone_lr_scale, f"{role}.backbone_lr_scale")
     if spec.strategy is None:
         spec.strategy = "full" if spec.weights else "scratch"
     if spec.strategy not in TEACHER_STRATEGIES:
         raise DistillError(f"{role}.strategy: expected one of {', '.join(TEACHER_STRATEGIES)}, got "
                            f"{spec.strategy!r}{did_you_mean(spec.strategy, TEACHER_STRATEGIES)}")
     _check_model_name(spec.model, f"{role}.model")
+    _check_model_options(spec, role)
+
+
+def _check_model_options(spec: ModelSpec, role: str) -> None:
+    """Build a built-in model on the meta device (no memory, no weights, milliseconds), so options
+    that make no sense (a width of 0) fail now under their key, not after the data has loaded.
+    Torchvision and user models are left to build time: their constructors are not ours."""
+    if spec.model not in ("mlp", "small_cnn", *small_input_models()):
+        return
+    try:
+        with torch.device("meta"):
+            build_model(spec.model, 10, (3, 32, 32), **spec.options)
+    except OptionError as e:  # the message starts with the option's name
+        raise DistillError(f"{role}.options.{e}") from None
+    except DistillError as e:
+        raise DistillError(f"{role}.options: {e}") from None
 
 
 def _check_distill(d: DistillSpec) -> None:
-    if d.ce_weight < 0:
-        raise DistillError(f"distill.ce_weight: expected a number >= 0, got {d.ce_weight!r}")
+    _not_negative(d.ce_weight, "distill.ce_weight")
     names = set()
     for i, term in enumerate(d.terms):
         where = f"distill.terms.{i}"
         if term.loss not in LOSSES:
             raise DistillError(f"{where}.loss: unknown loss {term.loss!r}{did_you_mean(term.loss, LOSSES)}; "
                                f"expected one of {', '.join(LOSSES)}")
-        if term.weight < 0:
-            raise DistillError(f"{where}.weight: expected a number >= 0, got {term.weight!r}")
-        if term.warmup_epochs < 0:
-            raise DistillError(f"{where}.warmup_epochs: expected an integer >= 0, got {term.warmup_epochs!r}")
+        _not_negative(term.weight, f"{where}.weight")
+        _not_negative(term.warmup_epochs, f"{where}.warmup_epochs", integer=True)
         name = term.name or term.loss
         if name in names or name == "ce":
             raise DistillError(f"{where}.name: term name {name!r} is used twice; expected unique names "
@@ -417,10 +533,13 @@ def _check_prune(p: PruneSpec) -> None:
         raise DistillError(f"prune.macs: expected the fraction of MACs to keep, in (0, 1), got {p.macs!r}")
     if p.recovery not in ("kd", "finetune"):
         raise DistillError(f"prune.recovery: expected kd or finetune, got {p.recovery!r}")
-    for key in ("epochs", "batch_size", "steps"):
-        _positive(getattr(p, key), f"prune.{key}", integer=True)
-    _positive(p.lr, "prune.lr")
+    if p.importance not in IMPORTANCES:
+        raise DistillError(f"prune.importance: expected one of {', '.join(IMPORTANCES)}, got "
+                           f"{p.importance!r}{did_you_mean(p.importance, IMPORTANCES)}")
+    _checked("prune.", Schedule, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr)  # its recovery schedule
+    _positive(p.steps, "prune.steps", integer=True)
     _positive(p.temperature, "prune.temperature")
+    _not_negative(p.hint_weight, "prune.hint_weight")
 
 
 def _check_model_name(name: str, path: str) -> None:
@@ -433,7 +552,8 @@ def _check_model_name(name: str, path: str) -> None:
 
 
 def to_toml(recipe: Recipe) -> str:
-    """The resolved recipe as TOML (written to the run directory for reproduction)."""
+    """The resolved recipe as TOML (written to the run directory for reproduction, read back by
+    --resume): every string escaped, so any value the recipe holds reads back the same."""
     data = dataclasses.asdict(recipe)
     lines: list[str] = []
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
@@ -457,15 +577,36 @@ def to_toml(recipe: Recipe) -> str:
     return "\n".join(lines) + "\n"
 
 
+# TOML basic strings: these have short escapes; other control characters are written \uXXXX
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+                 "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped, other text as is."""
+    def escape(c: str) -> str:
+        if c in _TOML_ESCAPES:
+            return _TOML_ESCAPES[c]
+        return f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+    return '"' + "".join(escape(c) for c in text) + '"'
+
+
+def _toml_key(key: str) -> str:
+    """A bare key when TOML allows one (A-Z a-z 0-9 _ -), else a quoted key."""
+    return key if re.fullmatch("[A-Za-z0-9_-]+", key) else _toml_string(key)
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, (int, float)):
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):  # TOML spells the non-finite floats nan, inf and -inf, as repr does
         return repr(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _toml_string(v)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(type(v))

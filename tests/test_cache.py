@@ -1,18 +1,27 @@
 """Teacher-output cache: exact replay, keyed invalidation, reproducible augmented views, memory maps."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from helpers import cli, tiny_recipe
 from torch.utils.data import Dataset, TensorDataset
 
 from distill import Distiller, Schedule, Term, fit
-from distill.cache import CachedTeacherDataset, TeacherCache
+from distill.cache import CachedTeacherDataset, TeacherCache, cache_key, describe_transform, draws_random_views
+from distill.data import load_data
 from distill.errors import DistillError
 from distill.losses import HintLoss, KDLoss
 from distill.models import build_model
 
 SHAPE = (1, 8, 8)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def data(n: int = 48) -> TensorDataset:
@@ -67,18 +76,129 @@ def test_cache_rows_are_the_teachers_outputs_and_float16_stays_close(tmp_path):
     assert all(isinstance(a, np.memmap) for a in cache.arrays.values()), "read from disk, not memory"
 
 
-def test_same_teacher_and_data_reuse_the_cache_and_a_changed_teacher_rebuilds_it(tmp_path):
-    teacher, _ = models()
-    first = TeacherCache.build(teacher, data(), ["logits"], tmp_path, progress=False)
-    written = (tmp_path / "0.npy").stat().st_mtime_ns
-    again = TeacherCache.build(teacher, data(), ["logits"], tmp_path, progress=False)
-    assert again.meta["key"] == first.meta["key"] and (tmp_path / "0.npy").stat().st_mtime_ns == written
+# One process's view of the cache of an augmented digits run: load the data, build the teacher,
+# print the key (and, with a directory argument, build or reuse the cache there).
+KEY_SCRIPT = """
+import json, sys, torch
+from distill.cache import TeacherCache, cache_key
+from distill.data import load_data
+from distill.models import build_model
+bundle = load_data("digits", jitter=1, train_limit=40, test_limit=10)
+torch.manual_seed(0)
+teacher = build_model("small_cnn", 10, bundle.input_shape, width=4)
+if len(sys.argv) > 1:
+    cache = TeacherCache.build(teacher, bundle.train, ["logits"], sys.argv[1], progress=False)
+    print(json.dumps({"key": cache.key, "reused": cache.reused}))
+else:
+    print(json.dumps({"key": cache_key(teacher, bundle.train, ["logits"])}))
+"""
+
+
+def augmented_digits():
+    """The data and teacher of KEY_SCRIPT, in this process."""
+    bundle = load_data("digits", jitter=1, train_limit=40, test_limit=10)
+    torch.manual_seed(0)
+    return bundle, build_model("small_cnn", 10, bundle.input_shape, width=4)
+
+
+def in_processes(*argvs: list[str]) -> list[dict]:
+    """KEY_SCRIPT's output in one fresh Python process per argv, run side by side, each with its
+    own hash seed (and its own memory layout)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", KEY_SCRIPT, *argv], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**env, "PYTHONHASHSEED": str(i + 1)})
+             for i, argv in enumerate(argvs)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), [err[-2000:] for _, err in outputs]
+    return [json.loads(out.splitlines()[-1]) for out, _ in outputs]
+
+
+def test_processes_running_the_same_recipe_share_one_key_and_reuse_each_others_cache(tmp_path):
+    """As --resume and DDP ranks do: the key must not depend on the process (repr() of a transform
+    holds memory addresses), so the cache one process wrote is reused by the next, unchanged."""
+    written, other = in_processes([str(tmp_path)], [])
+    assert written["reused"] is False and written["key"] == other["key"]
+    stamp = (tmp_path / "0.npy").stat().st_mtime_ns
+    bundle, teacher = augmented_digits()
+    assert "0x" not in describe_transform(bundle.train.transform)
+    again = TeacherCache.build(teacher, bundle.train, ["logits"], tmp_path, progress=False)
+    assert again.reused and again.key == written["key"] and (tmp_path / "0.npy").stat().st_mtime_ns == stamp
     with torch.no_grad():
         teacher.classifier.weight.add_(1.0)
-    changed = TeacherCache.build(teacher, data(), ["logits"], tmp_path, progress=False)
-    assert changed.meta["key"] != first.meta["key"]
+    changed = TeacherCache.build(teacher, bundle.train, ["logits"], tmp_path, progress=False)
+    assert not changed.reused and changed.key != written["key"]
     other_data = TeacherCache.build(teacher, data(40), ["logits"], tmp_path, progress=False)
-    assert other_data.meta["key"] != changed.meta["key"]
+    assert other_data.key != changed.key
+
+
+def test_open_only_reads_a_complete_cache_with_the_same_key(tmp_path):
+    """Ranks other than 0 open the cache rank 0 built; they never write, and a mismatch is an error."""
+    teacher, _ = models()
+    with pytest.raises(DistillError, match="holds no complete cache.*expected"):
+        TeacherCache.open(tmp_path, "0" * 20)
+    built = TeacherCache.build(teacher, data(), ["logits"], tmp_path, progress=False)
+    opened = TeacherCache.open(tmp_path, cache_key(teacher, data(), ["logits"]))
+    assert opened.reused and opened.key == built.key
+    torch.testing.assert_close(opened.row(0, 3), built.row(0, 3))
+    with pytest.raises(DistillError, match=f"built for key {built.key}, this process computes 1234"):
+        TeacherCache.open(tmp_path, "1234")
+
+
+def _not_json(d: Path) -> None:
+    (d / "meta.json").write_text("{not json")
+
+
+def _wrong_types(d: Path) -> None:
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**meta, "views": "1", "shapes": None}))
+
+
+def _a_list(d: Path) -> None:
+    (d / "meta.json").write_text("[1, 2]")
+
+
+def _truncated_array(d: Path) -> None:
+    (d / "0.npy").write_bytes((d / "0.npy").read_bytes()[:40])
+
+
+def _other_shape(d: Path) -> None:
+    np.save(d / "0.npy", np.zeros((1, 5, 4), dtype=np.float16))
+
+
+def _other_dtype(d: Path) -> None:
+    np.save(d / "0.npy", np.zeros((1, 48, 4), dtype=np.float64))
+
+
+def _missing_array(d: Path) -> None:
+    (d / "0.npy").unlink()
+
+
+@pytest.mark.parametrize("damage, file", [
+    (_not_json, "meta.json"), (_wrong_types, "meta.json"), (_a_list, "meta.json"),
+    (_truncated_array, "0.npy"), (_other_shape, "0.npy"), (_other_dtype, "0.npy"), (_missing_array, "0.npy"),
+], ids=lambda v: getattr(v, "__name__", v).strip("_"))
+def test_a_damaged_cache_is_rebuilt_with_a_one_line_note(tmp_path, capsys, damage, file):
+    """A cache only costs time to rebuild, so a corrupt meta.json or array is rebuilt, never loaded
+    into a traceback in the middle of training; opening it without building says which file."""
+    teacher, _ = models()
+    first = TeacherCache.build(teacher, data(), ["logits"], tmp_path, progress=False)
+    expected = first.row(0, 7)
+    damage(tmp_path)
+    with pytest.raises(DistillError, match=f"{file}.*expected"):
+        TeacherCache.open(tmp_path, first.key)
+    capsys.readouterr()
+    rebuilt = TeacherCache.build(teacher, data(), ["logits"], tmp_path, progress=False)
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith("note: teacher cache") and file in notes[0], notes
+    assert "rebuilding" in notes[0] and not rebuilt.reused
+    torch.testing.assert_close(rebuilt.row(0, 7), expected)
+    assert json.loads((tmp_path / "meta.json").read_text())["complete"] is True
+
+
+def test_only_augmented_data_counts_as_drawing_random_views():
+    bundle = load_data("digits", jitter=1, train_limit=20, test_limit=10)
+    assert draws_random_views(bundle.train) and not draws_random_views(bundle.train_plain)
 
 
 def test_augmented_views_are_reproducible_and_cycle_with_the_epoch(tmp_path):
@@ -103,3 +223,23 @@ def test_float16_overflow_is_refused_with_the_fix_named(tmp_path):
         teacher.classifier.weight.mul_(1e7)
     with pytest.raises(DistillError, match="float16 range.*float32"):
         TeacherCache.build(teacher, data(), ["logits"], tmp_path, progress=False)
+
+
+def test_a_run_records_its_cache_key_and_reuse_and_warns_once_about_one_frozen_view(tmp_path, capsys):
+    """metrics.json says which cache a run used and whether it was reused; with augmentation and
+    one view the run says once that each image keeps one frozen view."""
+    recipe, out = tmp_path / "tiny.toml", tmp_path / "run"
+    recipe.write_text(tiny_recipe(60, 30, 1, 1))
+    argv = ["run", str(recipe), "--out", str(out), "-q", "--set", "distill.cache=true",
+            "--set", "data.augment=true", "--set", "data.jitter=1"]
+    code, output = cli(argv, capsys)
+    assert code == 0, output
+    first = json.loads((out / "metrics.json").read_text())["teacher_cache"]
+    assert first["reused"] is False and len(first["key"]) == 20
+    assert output.count("warning:") == 1 and "one frozen augmented view" in output
+
+    (out / "student.pt").unlink()  # as if killed while distilling the student
+    code, output = cli([*argv, "--resume"], capsys)
+    assert code == 0, output
+    again = json.loads((out / "metrics.json").read_text())["teacher_cache"]
+    assert again["reused"] is True and again["key"] == first["key"]

@@ -1,6 +1,11 @@
 """Recipes: typed validation with key paths, did-you-mean, --set overrides, TOML round trip."""
 from __future__ import annotations
 
+import dataclasses
+import math
+import tomllib
+import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -93,3 +98,64 @@ def test_missing_and_invalid_recipe_files_are_one_line_errors(tmp_path):
     (tmp_path / "bad.toml").write_text("[student\nepochs = 1")
     with pytest.raises(DistillError, match="not valid TOML"):
         load_recipe(tmp_path / "bad.toml")
+
+
+# Strings that a TOML writer must escape, and text it must keep as it is.
+HOSTILE_TEXT = 'a "quoted"\nline\\two\ttab\rcr \x01\x1f\x7f bell\x07 é ünï 中文 🎉 \'single\' """ end\\'
+# Fields whose values are checked against a list of choices (or are a run folder), so they keep a
+# valid value in the round trip below; every other string field gets HOSTILE_TEXT.
+CHOICE_FIELDS = {"device", "speed.amp", "distill.cache_dtype", "prune.recovery", "prune.importance",
+                 "distill.terms.0.loss", "teacher.optimizer", "teacher.scheduler", "teacher.strategy",
+                 "student.optimizer", "student.scheduler", "student.strategy"}
+SPECIAL = {"name": HOSTILE_TEXT.replace("\\", "|"),  # one folder: any text but path separators
+           "teacher.model": "my.models:" + HOSTILE_TEXT, "student.model": "my.models:" + HOSTILE_TEXT}
+
+
+def _string_fields(cls: type, prefix: str = "") -> list[tuple[str, bool]]:
+    """(key path, is a list of strings) of every string field of a recipe dataclass, recursively;
+    list-of-dataclass fields (distill.terms) are walked through their first item."""
+    found = []
+    for f in dataclasses.fields(cls):
+        tp, path = typing.get_type_hints(cls)[f.name], f"{prefix}{f.name}"
+        union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+        inner = [a for a in typing.get_args(tp) if a is not type(None)] if union else [tp]
+        item = typing.get_args(inner[0])[0] if typing.get_origin(inner[0]) is list else None
+        if dataclasses.is_dataclass(tp):
+            found += _string_fields(tp, f"{path}.")
+        elif item is not None and dataclasses.is_dataclass(item):
+            found += _string_fields(item, f"{path}.0.")
+        elif str in inner or item is str:
+            found.append((path, item is str))
+    return found
+
+
+def test_every_string_field_round_trips_through_toml_whatever_its_text(tmp_path):
+    """recipe.toml is what --resume reads back: newlines, quotes, backslashes, tabs, control
+    characters and non-ASCII text in any field must come back unchanged."""
+    overrides = {"distill": {"terms": [{"loss": "kd"}]},
+                 "teacher": {"options": {"bare_key": 1, "key with spaces": HOSTILE_TEXT, "": [1.5, "x\ny"],
+                                         'quo"te\n': {"nested key": -0.0, "é": True}}}}
+    fields = _string_fields(Recipe)
+    assert {"description", "data.path", "distill.terms.0.name", "prune.hint_layers"} <= {p for p, _ in fields}
+    for path, is_list in fields:
+        if path in CHOICE_FIELDS:
+            continue
+        *parents, last = path.split(".")
+        node = overrides
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node.setdefault(key, {})
+        value = SPECIAL.get(path, HOSTILE_TEXT)
+        node[last] = [value, value + "2"] if is_list else value
+    recipe = recipe_from_dict(overrides)
+    text = to_toml(recipe)
+    assert recipe_from_dict(tomllib.loads(text)) == recipe
+    (tmp_path / "recipe.toml").write_text(text, encoding="utf-8")
+    assert load_recipe(tmp_path / "recipe.toml") == recipe
+
+
+def test_non_finite_floats_are_written_as_toml_spells_them():
+    options = {"nan": math.nan, "inf": math.inf, "minus_inf": -math.inf, "tiny": 5e-324, "big": 1e300}
+    text = to_toml(recipe_from_dict({"teacher": {"model": "my.models:net", "options": options}}))
+    read = tomllib.loads(text)["teacher"]["options"]
+    assert math.isnan(read["nan"]) and read["inf"] == math.inf and read["minus_inf"] == -math.inf
+    assert read["tiny"] == 5e-324 and read["big"] == 1e300

@@ -9,6 +9,7 @@ data's order. The test set is never used for choices.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DistillError, did_you_mean
 from . import arrays, sources, splits
-from .transforms import ImageDataset, convert_stats, imagenet_pipeline, tensor_pipeline
+from .transforms import ImageDataset, check_stats, convert_stats, imagenet_pipeline, tensor_pipeline
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn",
                              "npz", "imagefolder", "fake")
@@ -183,13 +184,13 @@ def _stats(kind: str, given, default: tuple[float, ...], channels: int) -> tuple
     """The user's mean/std (one value broadcast to every channel), else the dataset's."""
     if given is None:
         return default
-    try:
-        values = tuple(float(v) for v in ([given] if isinstance(given, (int, float)) else given))
-    except (TypeError, ValueError):
-        values = ()
+    values = tuple(given) if isinstance(given, Iterable) and not isinstance(given, str) else (given,)
     if len(values) == 1:
         values *= channels
-    if len(values) != channels or (kind == "std" and min(values) <= 0):
-        raise DistillError(f"{kind}={given!r}; expected 1 or {channels} numbers"
-                           + (", all positive" if kind == "std" else ""))
-    return values
+    expected = f"1 or {channels} numbers, all finite" + (" and positive" if kind == "std" else "")
+    if len(values) != channels:
+        raise DistillError(f"{kind}={given!r}; expected {expected}")
+    try:
+        return tuple(check_stats(kind, values))
+    except DistillError:
+        raise DistillError(f"{kind}={given!r}; expected {expected}") from None

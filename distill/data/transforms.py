@@ -5,12 +5,15 @@ a time, without PIL round trips: scale to [0, 1], match the channel count, augme
 normalise. The small-image steps are hand-written because torchvision's generic transforms cost
 several times more per sample, which dominates an MNIST epoch on CPU. Augmentation draws from
 torch's global RNG, so `torch.manual_seed` (and DataLoader's per-worker seeding) makes it
-reproducible.
+reproducible. Every step's repr is its class and settings, never a memory address, so a pipeline's
+repr describes it the same way in every process (the teacher cache keys on it).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol
+import math
+import numbers
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,6 +22,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from ..errors import DistillError
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as in torchvision's rgb_to_grayscale
 
@@ -49,7 +54,17 @@ class ImageDataset(Dataset):
         return self.transform(self.source.image(int(self.indices[k]))), int(self.targets[k])
 
 
-class ToFloat:
+class Step:
+    """A transform whose repr is `Name(setting=value, ...)`: the same in every process."""
+
+    def settings(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.settings().items())})"
+
+
+class ToFloat(Step):
     """uint8 (or 0..max_value) pixels -> float32 in [0, 1]."""
 
     def __init__(self, max_value: float = 255.0):
@@ -59,7 +74,7 @@ class ToFloat:
         return x.float().div_(self.max_value)
 
 
-class ToChannels:
+class ToChannels(Step):
     """Grey -> RGB by replication (so ImageNet models eat MNIST), RGB -> grey by luminance."""
 
     def __init__(self, channels: int):
@@ -73,7 +88,7 @@ class ToChannels:
         return F.rgb_to_grayscale(x)
 
 
-class RandomShift:
+class RandomShift(Step):
     """Shift by up to `pad` pixels each way, filling with zeros: RandomCrop(size, padding=pad)
     at a fraction of the per-sample cost of torchvision's generic version."""
 
@@ -86,14 +101,14 @@ class RandomShift:
         return nn.functional.pad(x, (p, p, p, p))[..., i:i + h, j:j + w]
 
 
-class RandomFlip:
+class RandomFlip(Step):
     """Mirror left-right with probability 1/2."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return x.flip(-1) if torch.rand(()) < 0.5 else x
 
 
-class Resize:
+class Resize(Step):
     """Bilinear, antialiased resize to `size` x `size`."""
 
     def __init__(self, size: int):
@@ -103,15 +118,40 @@ class Resize:
         return F.resize_image(x, [self.size, self.size], antialias=True)
 
 
-class Normalize:
+class Normalize(Step):
     """(x - mean) / std per channel."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        mean, std = check_stats("mean", mean), check_stats("std", std)
+        if len(mean) != len(std):
+            raise DistillError(f"mean={mean} and std={std}: expected as many values in each (one per channel)")
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
 
+    def settings(self) -> dict[str, Any]:  # the exact values: a tensor's repr rounds them
+        return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+def check_stats(kind: str, given: Any) -> list[float]:
+    """Normalisation `kind` ("mean" or "std") as one float per channel, if every value stays finite
+    in float32 (and a std positive): a zero or NaN std turns every image into inf or NaN. They come
+    from recipes and from model cards read from checkpoint files, so every pipeline checks them."""
+    values = list(given) if isinstance(given, Iterable) and not isinstance(given, str) else [given]
+    if not values or not all(_usable_stat(v, positive=kind == "std") for v in values):
+        expected = "finite numbers" if kind == "mean" else "positive finite numbers"
+        raise DistillError(f"{kind}={given!r}: expected {expected}, one per channel")
+    return [float(v) for v in values]
+
+
+def _usable_stat(value: Any, positive: bool) -> bool:
+    """A real number that stays finite (and positive, for a std) in float32."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    limits = torch.finfo(torch.float32)
+    return abs(value) <= limits.max and (value >= limits.tiny if positive else True)
 
 
 def convert_stats(values: tuple[float, ...], channels: int) -> tuple[float, ...]:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .options import OptionError, positive_int, positive_number
+
 # (channels at width 1, blocks, stride of the first block) per stage; the first stage does not expand
 _STAGES = ((16, 1, 1), (24, 2, 1), (32, 3, 2), (64, 4, 2), (96, 3, 1), (160, 3, 2), (320, 1, 1))
+_NARROWEST = min(channels for channels, _, _ in _STAGES)  # at width 1
 
 
 def _conv_bn_relu(in_planes: int, out_planes: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
@@ -44,6 +47,10 @@ class CifarMobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 100, in_channels: int = 3, width_mult: float = 0.5,
                  expand_ratio: int = 6) -> None:
         super().__init__()
+        positive_int("expand_ratio", expand_ratio)
+        if positive_number("width_mult", width_mult) * _NARROWEST < 1:
+            raise OptionError(f"width_mult: expected at least 1/{_NARROWEST} (so every layer keeps a "
+                              f"channel), got {width_mult!r}")
         planes = int(32 * width_mult)
         self.conv1 = _conv_bn_relu(in_channels, planes, 3, stride=2)
         self.blocks = nn.ModuleList()

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from .options import positive_int, positive_ints, probability
+
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
@@ -61,6 +63,7 @@ class CifarResNet(nn.Module):
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CifarResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got {depth}")
         blocks = (depth - 2) // 6
+        widths = positive_ints("widths", widths, length=4)
         self.conv1 = _conv3x3(in_channels, widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU()
@@ -133,6 +136,8 @@ class CifarWideResNet(nn.Module):
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"CifarWideResNet depth must be 6n + 4 with n >= 1 (10, 16, 40, ...), got {depth}")
         blocks = (depth - 4) // 6
+        positive_int("widen_factor", widen_factor)
+        drop_rate = probability("drop_rate", drop_rate)
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         self.conv1 = _conv3x3(in_channels, widths[0])
         self.block1 = WideStage(widths[0], widths[1], blocks, 1, drop_rate)

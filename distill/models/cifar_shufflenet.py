@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .options import OptionError, positive_int, positive_ints
+
 _STEM = 24
 
 
@@ -65,6 +67,12 @@ class CifarShuffleNetV1(nn.Module):
     def __init__(self, num_classes: int = 100, in_channels: int = 3, stage_planes: Sequence[int] = (240, 480, 960),
                  stage_blocks: Sequence[int] = (4, 8, 4), groups: int = 3) -> None:
         super().__init__()
+        stage_planes = positive_ints("stage_planes", stage_planes, length=3)
+        stage_blocks = positive_ints("stage_blocks", stage_blocks, length=3)
+        positive_int("groups", groups)
+        if any(planes - before < 4 for before, planes in zip((_STEM, *stage_planes), stage_planes)):
+            raise OptionError(f"stage_planes: expected each stage at least 4 channels wider than the one "
+                              f"before (the stem has {_STEM}), got {list(stage_planes)}")
         self.conv1, self.bn1, self.relu = _stem(in_channels)
         stages = []
         in_planes = _STEM
@@ -143,6 +151,11 @@ class CifarShuffleNetV2(nn.Module):
                  stage_channels: Sequence[int] = (116, 232, 464, 1024),
                  stage_blocks: Sequence[int] = (3, 7, 3)) -> None:
         super().__init__()
+        stage_channels = positive_ints("stage_channels", stage_channels, length=4)
+        stage_blocks = positive_ints("stage_blocks", stage_blocks, length=3, minimum=0)
+        if any(c % 2 for c in stage_channels[:3]):  # each stage splits its channels in halves
+            raise OptionError(f"stage_channels: expected even numbers for the three stages, got "
+                              f"{list(stage_channels)}")
         self.conv1, self.bn1, self.relu = _stem(in_channels)
         stages = []
         in_planes = _STEM

@@ -5,6 +5,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from .options import positive_int, positive_ints, probability
+
 
 class MLP(nn.Module):
     """Flatten -> [Linear -> ReLU -> Dropout] * len(hidden) -> Linear.
@@ -15,6 +17,8 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (800, 800),
                  dropout: float = 0.0, input_dropout: float = 0.0) -> None:
         super().__init__()
+        hidden = positive_ints("hidden", hidden)
+        dropout, input_dropout = probability("dropout", dropout), probability("input_dropout", input_dropout)
         layers: list[nn.Module] = [nn.Flatten()]
         if input_dropout > 0:
             layers.append(nn.Dropout(input_dropout))
@@ -40,6 +44,7 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 32) -> None:
         super().__init__()
+        positive_int("width", width)
 
         def block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
             layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),

@@ -1,13 +1,14 @@
 """The student phases: the distilled student, the same student on labels alone, and the gain."""
 from __future__ import annotations
 
+import sys
 import time
 
 from torch import nn
 from torch.utils.data import Dataset
 
 from .. import distributed
-from ..cache import CachedTeacherDataset, TeacherCache
+from ..cache import CachedTeacherDataset, TeacherCache, cache_key, draws_random_views
 from ..distiller import Distiller, Term
 from ..gain import paired_gain
 from ..train import Supervised, correct_predictions, fit
@@ -55,18 +56,26 @@ def gain_phase(ctx: RunContext, student: nn.Module, baseline: nn.Module) -> None
 
 
 def _cached_train_set(ctx: RunContext, teacher: nn.Module, terms: list[Term]) -> Dataset:
-    """The student's training set with the teacher's outputs read from the run's cache."""
+    """The student's training set with the teacher's outputs read from the run's cache. Rank 0
+    builds (or reuses) the cache; the other ranks wait, then only open it, under the same key."""
     d = ctx.recipe.distill
     started = time.perf_counter()
-    if not distributed.is_main():  # rank 0 writes the cache, the others then open it
-        distributed.barrier()
     train = ctx.train_set("student")
-    cache = TeacherCache.build(teacher, train, [t.teacher for t in terms], ctx.run.path / "teacher_cache",
-                               views=d.cache_views, seed=ctx.recipe.seed, dtype=d.cache_dtype,
-                               device=ctx.device, num_workers=ctx.recipe.data.num_workers,
-                               progress=ctx.progress)
+    paths, directory = [t.teacher for t in terms], ctx.run.path / "teacher_cache"
     if distributed.is_main():
+        if d.cache_views == 1 and draws_random_views(train, ctx.recipe.seed):
+            print("warning: the training images are augmented but distill.cache_views = 1, so every image "
+                  "keeps one frozen augmented view for the whole run; set distill.cache_views (about "
+                  "epochs / 4) for more diversity", file=sys.stderr)
+        cache = TeacherCache.build(teacher, train, paths, directory, views=d.cache_views, seed=ctx.recipe.seed,
+                                   dtype=d.cache_dtype, device=ctx.device,
+                                   num_workers=ctx.recipe.data.num_workers, progress=ctx.progress)
         distributed.barrier()
-    ctx.metrics["teacher_cache"] = {"bytes": cache.nbytes(), "views": cache.views, "dtype": d.cache_dtype,
+    else:
+        distributed.barrier()
+        cache = TeacherCache.open(directory, cache_key(teacher, train, paths, views=d.cache_views,
+                                                       seed=ctx.recipe.seed, dtype=d.cache_dtype))
+    ctx.metrics["teacher_cache"] = {"key": cache.key, "reused": cache.reused, "bytes": cache.nbytes(),
+                                    "views": cache.views, "dtype": d.cache_dtype,
                                     "seconds": round(time.perf_counter() - started, 1)}
     return CachedTeacherDataset(train, cache)
