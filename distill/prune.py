@@ -30,8 +30,8 @@ from .errors import DistillError, did_you_mean
 from .models.checkpoint import load_checkpoint, save_checkpoint
 from .models.registry import last_layer
 from .models.stats import si
+from .settings import check_prune
 
-IMPORTANCES = ("magnitude", "taylor", "lamp")
 TOLERANCE = 0.05  # the achieved MACs ratio counts as on target within 5% of it
 _MAX_RATIO = 0.9  # no round removes more than 90% of a layer's channels
 _STRIDE = 0.01  # the smallest step of a round: 1% of its channels
@@ -85,7 +85,7 @@ def prune_model(model: nn.Module, example_input: Tensor, *, macs_ratio: float = 
     `ignored_layers` (modules or their names) keep their output channels, as the head always does.
     On a DistillError raised mid-way the model may be left partly pruned.
     """
-    check_arguments(macs_ratio, importance, steps, round_to)
+    check_prune(macs_ratio, importance, steps, round_to)
     if importance == "taylor" and calibration is None:
         raise DistillError("taylor importance needs a calibration batch (x, y) for its gradients; "
                            "expected calibration=(inputs, labels), or importance 'magnitude' or 'lamp'")
@@ -128,20 +128,6 @@ def prune_model(model: nn.Module, example_input: Tensor, *, macs_ratio: float = 
         model.train(was_training)
     return PruneReport(macs_before, macs_after, params_before, params_after, macs_after / macs_before,
                        macs_ratio, steps, importance, before_ms, after_ms)
-
-
-def check_arguments(macs_ratio: float, importance: str, steps: int, round_to: int) -> None:
-    """Raise DistillError for settings `prune_model` rejects, before any slow work."""
-    if not 0 < macs_ratio < 1:
-        raise DistillError(f"MACs ratio {macs_ratio:g} is out of range; expected the fraction of the "
-                           "original MACs to keep, strictly between 0 and 1 (0.5 = half)")
-    if importance not in IMPORTANCES:
-        raise DistillError(f"unknown importance {importance!r}{did_you_mean(importance, IMPORTANCES)}; "
-                           f"expected one of {', '.join(IMPORTANCES)}")
-    if steps < 1:
-        raise DistillError(f"steps must be at least 1, got {steps}")
-    if round_to < 1:
-        raise DistillError(f"round_to must be at least 1 (1 = no rounding), got {round_to}")
 
 
 def _resolve(model: nn.Module, layers: Iterable[nn.Module | str]) -> list[nn.Module]:
@@ -246,7 +232,7 @@ def prune_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, macs_ra
                      latency: bool = False, trust_code: bool | Iterable[str] = False) -> PruneReport:
     """Prune the model of a distill checkpoint (see `prune_model`) and save it, still self-describing.
     `trust_code` as in `load_checkpoint`."""
-    check_arguments(macs_ratio, importance, steps, round_to)
+    check_prune(macs_ratio, importance, steps, round_to)
     model, card = load_checkpoint(path, trust_code)
     example = torch.randn(1, *card.input_shape, generator=torch.Generator().manual_seed(0))
     report = prune_model(model, example, macs_ratio=macs_ratio, importance=importance, steps=steps,

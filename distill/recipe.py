@@ -31,8 +31,7 @@ from .errors import DistillError, did_you_mean
 from .losses import LOSSES, build_loss
 from .models.options import OptionError
 from .models.registry import available_models, build_model, small_input_models
-from .prune import IMPORTANCES
-from .settings import Schedule, Speed, check_cache, check_device
+from .settings import Schedule, Speed, check_cache, check_device, check_prune
 from .strategy import STRATEGIES as TEACHER_STRATEGIES
 
 
@@ -529,15 +528,10 @@ def _check_distill(d: DistillSpec) -> None:
 
 
 def _check_prune(p: PruneSpec) -> None:
-    if not 0 < p.macs < 1:
-        raise DistillError(f"prune.macs: expected the fraction of MACs to keep, in (0, 1), got {p.macs!r}")
+    _checked("prune.", check_prune, p.macs, p.importance, p.steps)
     if p.recovery not in ("kd", "finetune"):
         raise DistillError(f"prune.recovery: expected kd or finetune, got {p.recovery!r}")
-    if p.importance not in IMPORTANCES:
-        raise DistillError(f"prune.importance: expected one of {', '.join(IMPORTANCES)}, got "
-                           f"{p.importance!r}{did_you_mean(p.importance, IMPORTANCES)}")
     _checked("prune.", Schedule, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr)  # its recovery schedule
-    _positive(p.steps, "prune.steps", integer=True)
     _positive(p.temperature, "prune.temperature")
     _not_negative(p.hint_weight, "prune.hint_weight")
 

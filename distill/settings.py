@@ -15,6 +15,7 @@ import torch
 from .errors import DistillError, did_you_mean
 
 CACHE_DTYPES = ("float16", "float32")
+PRUNE_IMPORTANCES = ("magnitude", "taylor", "lamp")
 
 
 @dataclass
@@ -135,6 +136,21 @@ def check_cache(views: int, dtype: str) -> None:
         raise DistillError(f"cache_views: expected a positive integer, got {views!r}")
     if dtype not in CACHE_DTYPES:
         raise DistillError(f"cache_dtype: expected float16 or float32, got {dtype!r}")
+
+
+def check_prune(macs: float, importance: str, steps: int, round_to: int = 1) -> None:
+    """How `distill.prune` is asked to prune: the MACs fraction to keep, the channel ranking, the
+    rounds, and the multiple channel counts are rounded to."""
+    if not (_finite(macs) and 0 < macs < 1):
+        raise DistillError(f"macs: expected the fraction of the original MACs to keep, strictly between 0 "
+                           f"and 1 (0.5 = half), got {macs!r}")
+    if importance not in PRUNE_IMPORTANCES:
+        raise DistillError(f"importance: expected one of {', '.join(PRUNE_IMPORTANCES)}, got {importance!r}"
+                           f"{did_you_mean(importance, PRUNE_IMPORTANCES)}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise DistillError(f"steps: expected a positive integer, got {steps!r}")
+    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+        raise DistillError(f"round_to: expected an integer >= 1 (1 = no rounding), got {round_to!r}")
 
 
 def _finite(value: object) -> bool:

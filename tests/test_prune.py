@@ -112,7 +112,7 @@ def test_ignored_layers_keep_their_channels():
     ({"macs_ratio": 1.0}, "between 0 and 1"),
     ({"macs_ratio": 1.5}, "between 0 and 1"),
     ({"importance": "tayler"}, "did you mean 'taylor'"),
-    ({"steps": 0}, "at least 1"),
+    ({"steps": 0}, "steps: expected a positive integer"),
 ])
 def test_bad_settings_are_one_clear_error(settings, message):
     with pytest.raises(DistillError, match=message):

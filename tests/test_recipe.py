@@ -56,7 +56,7 @@ def test_the_resolved_recipe_round_trips_through_toml(tmp_path):
     ({"distill": {"terms": [{"loss": "kd"}, {"loss": "kd"}]}}, r"term name 'kd' is used twice"),
     ({"distill": {"terms": [{"loss": "dkd", "warmup_epochs": -1}]}}, r"distill.terms.0.warmup_epochs: expected an integer >= 0"),
     ({"distill": {"terms": {"loss": "kd"}}}, r"distill.terms: expected a list"),
-    ({"prune": {"macs": 1.5}}, r"prune.macs: expected the fraction of MACs to keep"),
+    ({"prune": {"macs": 1.5}}, r"prune.macs: expected the fraction of the original MACs to keep"),
     ({"device": "tpu"}, r"device: expected auto, cpu, cuda"),
 ])
 def test_bad_recipes_name_the_key_path_and_what_was_expected(data, message):

@@ -40,9 +40,10 @@ def prune(checkpoint: str, macs_ratio: float, importance: str, steps: int, round
 
     Prune, then fine-tune (distil from the unpruned model) to win back accuracy.
     """
-    from ..prune import check_arguments, prune_checkpoint
+    from ..prune import prune_checkpoint
+    from ..settings import check_prune
 
-    check_arguments(macs_ratio, importance, steps, round_to)
+    check_prune(macs_ratio, importance, steps, round_to)
     out = Path(output) if output else Path(checkpoint).with_suffix(".pruned.pt")
     calibration = None
     if importance == "taylor":
