@@ -156,3 +156,23 @@ def test_unknown_amp_mode_is_refused():
     from distill import Speed
     with pytest.raises(DistillError, match="amp: expected bf16 or fp16"):
         Speed(amp="int4")
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_uses_nesterov_momentum_exactly_when_the_schedule_asks(nesterov):
+    optimizer = Schedule(nesterov=nesterov).make_optimizer([nn.Parameter(torch.zeros(1))])
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.param_groups[0]["nesterov"] is nesterov
+
+
+def test_the_crd_and_dkd_recipes_use_plain_momentum_as_their_reference_code_does():
+    """RepDistiller and mdistiller build optim.SGD without nesterov; recipes that quote their
+    numbers must train the same way."""
+    from distill.recipe import load_recipe, shipped_recipes_dir
+    paths = sorted(shipped_recipes_dir().glob("cifar*.toml"))
+    assert paths
+    for path in paths:
+        recipe = load_recipe(path)
+        for role, spec in (("teacher", recipe.teacher), ("student", recipe.student)):
+            optimizer = spec.schedule().make_optimizer([nn.Parameter(torch.zeros(1))])
+            assert optimizer.param_groups[0]["nesterov"] is False, f"{path.name} [{role}]"
