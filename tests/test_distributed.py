@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from distill.models import safe_load
+from helpers import cli, tiny_recipe
 
 SCENARIOS = ("kd_hint", "fitnets_stage1", "nan_on_rank1_stopped", "nan_on_rank1_skipped")
 
@@ -90,3 +91,47 @@ def test_a_nan_on_one_rank_stops_every_rank_and_keeps_the_last_good_epoch(ddp_ru
     assert resume["epoch"] == 1 and all(torch.isfinite(v).all() for v in resume["student"].values()
                                         if v.is_floating_point())
 
+
+def distill_run(args: list[str]) -> tuple[int, str]:
+    """`python -m distill ARGS` in a fresh process (a real torchrun launch): (exit code, stdout + stderr)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True, text=True,
+                            timeout=300, env=env)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_a_bad_data_path_under_nproc_2_is_one_error_line_and_exit_2(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(tiny_recipe(64, 32, 1, 1).replace('name = "digits"', 'name = "mnist"\nroot = "/no/such/data"'))
+    code, text = distill_run(["run", str(recipe), "--nproc", "2", "-q", "--out", str(tmp_path / "run")])
+    assert code == 2, text
+    assert len(text.strip().splitlines()) == 1 and "Traceback" not in text, text
+    assert text.startswith("error: dataset 'mnist' not found: expected /no/such/data/mnist.npz"), text
+
+
+def test_a_user_error_that_only_the_ranks_meet_is_one_error_line_and_exit_2(tmp_path):
+    """A wrong layer path fails in every rank's preflight: the launch prints it once, without any
+    rank's traceback or torchrun's failure report, and exits 2 as one process would."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(tiny_recipe(64, 32, 1, 1).replace('student = "stage3"', 'student = "stage9"'))
+    code, text = distill_run(["run", str(recipe), "--nproc", "2", "-q", "--out", str(tmp_path / "run")])
+    assert code == 2, text
+    assert len(text.strip().splitlines()) == 1 and "Traceback" not in text and "FAILED" not in text, text
+    assert text.startswith("error: student SmallCNN has no layer 'stage9'"), text
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_a_torchrun_started_by_hand_only_rank_0_prints_a_user_error(tmp_path, capsys, monkeypatch, rank):
+    from distill.cli.run import RANK_ERRORS_ENV
+    for name, value in (("LOCAL_RANK", rank), ("RANK", rank), ("WORLD_SIZE", 1)):
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.delenv(RANK_ERRORS_ENV, raising=False)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(tiny_recipe(64, 32, 1, 1).replace('student = "stage3"', 'student = "stage9"'))
+    code, text = cli(["run", str(recipe), "-q", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2
+    if rank == 0:
+        assert len(text.strip().splitlines()) == 1 and text.startswith("error: student SmallCNN has no layer")
+    else:
+        assert text == ""
