@@ -56,9 +56,9 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
     """
     from .. import distributed
     from ..pipeline import run_recipe
-    from ..summary import summary_table
     from ..recipe import find_recipe, load_recipe
     from ..settings import check_device
+    from ..summary import summary_table
 
     with _user_errors_once_per_launch():
         if device is not None:
