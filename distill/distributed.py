@@ -42,6 +42,18 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it; readable before the process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
+    """`tensor`, reduced in place over all ranks with op "min" or "max"; as is in one process."""
+    if active():
+        dist.all_reduce(tensor, op={"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
+    return tensor
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

@@ -159,6 +159,8 @@ def fit(module: nn.Module, train_data: Dataset, schedule: Schedule, *,
             from it when it exists.
         speed: mixed precision, channels_last, torch.compile, loader workers.
         skip_nonfinite: skip (and count) steps whose loss is NaN/inf instead of stopping the run.
+            Skipping is decided step by step, so this mode reads the loss on the host every step
+            (a GPU sync); without it a NaN/inf is found at most `NONFINITE_CHECK_STEPS` steps late.
 
     Under torchrun (see distill.distributed) the module is wrapped in DistributedDataParallel,
     each process sees its shard of every epoch, and only rank 0 writes the resume file and prints.
@@ -170,35 +172,20 @@ def fit(module: nn.Module, train_data: Dataset, schedule: Schedule, *,
     module.to(device)
     if speed.channels_last:
         module.to(memory_format=torch.channels_last)
-    groups = param_groups or [{"params": _trainable_parameters(module)}]
-    for g in groups:
-        g.setdefault("lr_scale", 1.0)
-        g["lr"] = schedule.lr * g["lr_scale"]
-    optimizer = schedule.make_optimizer(groups)
+    optimizer = schedule.make_optimizer(_scaled_groups(module, schedule, param_groups))
+    scaler = torch.amp.GradScaler(device.type, enabled=speed.amp == "fp16" and device.type == "cuda")
     history: list[dict[str, Any]] = []
-    start = 0
     resume_path = Path(resume_path) if resume_path else None
     if resume and resume_path and resume_path.exists():
-        state = safe_load(resume_path)
-        for key, part in _trainable(module).items():
-            part.load_state_dict(state[key])
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
-        history, start = state["history"], state["epoch"]
-        if progress and start < schedule.epochs:
-            tqdm.write(f"{desc}: resuming after epoch {start}/{schedule.epochs} from {resume_path}")
+        history = _load_resume_state(resume_path, module, optimizer, scaler)
+        if progress and len(history) < schedule.epochs:
+            tqdm.write(f"{desc}: resuming after epoch {len(history)}/{schedule.epochs} from {resume_path}")
     else:
         torch.manual_seed(seed)
         random.seed(seed)
-    step_module = module
-    if distributed.active():
-        from torch.nn.parallel import DistributedDataParallel
-        step_module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    if speed.compile:
-        step_module = torch.compile(step_module)
-    scaler = torch.amp.GradScaler(device.type, enabled=speed.amp == "fp16" and device.type == "cuda")
+    step_module = _step_module(module, train_data, schedule, device, speed)
 
-    for epoch in range(start, schedule.epochs):
+    for epoch in range(len(history), schedule.epochs):
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(epoch)
         if hasattr(module, "set_epoch"):  # e.g. a Distiller's term warm-up
@@ -212,9 +199,7 @@ def fit(module: nn.Module, train_data: Dataset, schedule: Schedule, *,
             record["val_accuracy"] = evaluate(module.student, val_data, device)["accuracy"]
         history.append(record)
         if resume_path and distributed.is_main():
-            atomic_save({"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "rng": _rng_state(),
-                         "history": history,
-                         **{k: p.state_dict() for k, p in _trainable(module).items()}}, resume_path)
+            _save_resume_state(resume_path, module, optimizer, scaler, history)
         distributed.barrier()
         if on_epoch:
             on_epoch(record)
@@ -222,6 +207,94 @@ def fit(module: nn.Module, train_data: Dataset, schedule: Schedule, *,
             tqdm.write(_format_record(desc, record, schedule.epochs))
     module.eval()
     return history
+
+
+def _scaled_groups(module: nn.Module, schedule: Schedule,
+                   param_groups: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Optimizer groups at `schedule.lr` times their "lr_scale" (default 1)."""
+    groups = param_groups or [{"params": _trainable_parameters(module)}]
+    for g in groups:
+        g.setdefault("lr_scale", 1.0)
+        g["lr"] = schedule.lr * g["lr_scale"]
+    return groups
+
+
+def _save_resume_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
+                       scaler: torch.amp.GradScaler, history: list[dict[str, Any]]) -> None:
+    """Everything an exact resume needs after the last epoch of `history`, written atomically.
+
+    The fp16 loss scale is part of it: a resumed run restarting from the initial scale would
+    take other steps (skipped overflows) than the uninterrupted one."""
+    atomic_save({"epoch": len(history), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                 "rng": _rng_state(), "history": history,
+                 **{k: p.state_dict() for k, p in _trainable(module).items()}}, path)
+
+
+def _load_resume_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
+                       scaler: torch.amp.GradScaler) -> list[dict[str, Any]]:
+    """Restore what `_save_resume_state` wrote; returns the history so far (one row per epoch)."""
+    state = safe_load(path)
+    for key, part in _trainable(module).items():
+        part.load_state_dict(state[key])
+    optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):  # empty when saved without fp16 scaling (CPU, bf16, fp32)
+        scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"])
+    return state["history"]
+
+
+def _step_module(module: nn.Module, data: Dataset, schedule: Schedule, device: torch.device,
+                 speed: Speed) -> nn.Module:
+    """What the training steps call: the module, wrapped in DDP under torchrun, compiled when asked."""
+    step_module = module
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+        # DDP waits for a gradient of every parameter unless told some get none (a FitNets stage-1
+        # student's head, with no cross-entropy); telling it always costs a graph traversal per step.
+        unused = _some_parameter_gets_no_gradient(module, data, schedule, device, speed)
+        step_module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=unused)
+    if speed.compile:
+        step_module = torch.compile(step_module)
+    return step_module
+
+
+def _some_parameter_gets_no_gradient(module: nn.Module, data: Dataset, schedule: Schedule,
+                                     device: torch.device, speed: Speed) -> bool:
+    """One training forward and backward on a first batch, undone afterwards (gradients, BN
+    statistics, random state): whether a parameter that requires grad got no gradient. All ranks
+    agree on the answer, as DDP needs."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = None
+    buffers = [b.clone() for b in module.buffers()]
+    rng, was_training = _rng_state(), module.training
+    module.train()
+    images, targets, kwargs = _on_device(next(iter(DataLoader(data, batch_size=schedule.batch_size))),
+                                         device, speed)
+    with speed.autocast(device):
+        _, losses = module(images, targets, **kwargs)
+    sum(losses.values()).backward()
+    unused = torch.tensor([float(any(p.grad is None for p in params))], device=device)
+    for p in params:
+        p.grad = None
+    with torch.no_grad():
+        for b, saved in zip(module.buffers(), buffers):
+            b.copy_(saved)
+    _set_rng_state(rng)
+    module.train(was_training)
+    return bool(distributed.all_reduce(unused, "max").item())
+
+
+def _on_device(batch: Any, device: torch.device, speed: Speed) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """(images, targets, forward keyword arguments) of a loader batch, on the device."""
+    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
+    images = batch[0].to(device, non_blocking=True, memory_format=memory_format)
+    targets = batch[1].to(device, non_blocking=True)
+    kwargs = {}
+    if len(batch) > 2:
+        kwargs["teacher_outputs"] = {k: v.to(device, non_blocking=True) for k, v in batch[2].items()}
+    return images, targets, kwargs
 
 
 def _loader(data: Dataset, schedule: Schedule, epoch: int, seed: int, speed: Speed,
@@ -236,51 +309,91 @@ def _loader(data: Dataset, schedule: Schedule, epoch: int, seed: int, speed: Spe
                       num_workers=speed.num_workers, pin_memory=device.type == "cuda")
 
 
+NONFINITE_CHECK_STEPS = 100  # without skip_nonfinite: how often (and at every epoch end) NaN/inf is checked
+_NONFINITE_KINDS = ("nan", "inf", "-inf")
+_NEVER = 2 ** 62
+
+
+class _NonFiniteWatch:
+    """The first step at which each loss term (or their sum) became NaN/inf, kept on the device.
+
+    `record` adds a few small kernels per step and no host sync; `check` syncs once, agrees across
+    DDP ranks (every rank raises, none writes the bad epoch) and names the earliest term."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.first: Tensor | None = None  # per name: step * 3 + index in _NONFINITE_KINDS, or _NEVER
+
+    def record(self, step: int, losses: dict[str, Tensor], total: Tensor) -> None:
+        values = torch.stack([v.detach().float().reshape(()) for v in (*losses.values(), total)])
+        if self.first is None:
+            self.names = [*losses, "total"]
+            self.first = torch.full(values.shape, _NEVER, dtype=torch.int64, device=values.device)
+        kind = torch.where(values.isnan(), 0, torch.where(values > 0, 1, 2))
+        key = torch.where(values.isfinite(), _NEVER, step * 3 + kind)
+        torch.minimum(self.first, key, out=self.first)
+
+    def check(self, desc: str, epoch: int) -> None:
+        if self.first is None:
+            return
+        keys = distributed.all_reduce(self.first.clone(), "min").tolist()
+        if min(keys) == _NEVER:
+            return
+        name = self.names[keys.index(min(keys))]  # a term before the total that it made non-finite
+        step, kind = divmod(min(keys), 3)
+        raise DistillError(f"{desc}: loss term {name!r} became {_NONFINITE_KINDS[kind]} at epoch {epoch + 1}, "
+                           f"step {step + 1}; the last good checkpoint is kept. Expected finite losses: lower "
+                           "the learning rate or this term's weight, or allow skipping with skip_nonfinite")
+
+
+def _nonfinite_on_any_rank(loss: Tensor) -> bool:
+    """Whether the loss is NaN/inf on this or any other DDP rank, so that all skip the step together
+    (a rank skipping alone would leave the others waiting in the gradient all-reduce). Syncs."""
+    flag = (~torch.isfinite(loss.detach())).float().reshape(1)
+    return bool(distributed.all_reduce(flag, "max").item())
+
+
 def _train_epoch(module: nn.Module, data: Dataset, schedule: Schedule, optimizer: torch.optim.Optimizer,
-                 epoch: int, *, device: torch.device, seed: int, speed: Speed, scaler,
+                 epoch: int, *, device: torch.device, seed: int, speed: Speed, scaler: torch.amp.GradScaler,
                  skip_nonfinite: bool, desc: str, progress: bool) -> dict[str, Any]:
+    """One epoch. Nothing here reads a GPU value on the host per step, except: skip_nonfinite's
+    per-step check, the progress bar's loss every 10 steps (only when shown), and fp16's GradScaler."""
     module.train()
     loader = _loader(data, schedule, epoch, seed, speed, device)
-    sums: dict[str, float] = {}
-    correct = seen = skipped = 0
+    sums: dict[str, Tensor] = {}
+    correct, seen, skipped = torch.zeros((), device=device, dtype=torch.int64), 0, 0
+    watch = _NonFiniteWatch()
     started = time.perf_counter()
     bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{schedule.epochs}", leave=False,
                disable=None if progress else True, dynamic_ncols=True)
-    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
     for step, batch in enumerate(bar):
         factor = schedule.lr_factor(epoch + step / max(len(loader), 1))
         for g in optimizer.param_groups:
             g["lr"] = schedule.lr * g["lr_scale"] * factor
-        images = batch[0].to(device, non_blocking=True, memory_format=memory_format)
-        targets = batch[1].to(device, non_blocking=True)
-        kwargs = {}
-        if len(batch) > 2:
-            kwargs["teacher_outputs"] = {k: v.to(device, non_blocking=True) for k, v in batch[2].items()}
+        images, targets, kwargs = _on_device(batch, device, speed)
         with speed.autocast(device):
             logits, losses = module(images, targets, **kwargs)
             loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            bad = next((k for k, v in losses.items() if not torch.isfinite(v)), "total")
-            if not skip_nonfinite:
-                value = losses[bad].item() if bad in losses else loss.item()
-                raise DistillError(f"{desc}: loss term {bad!r} became {value} at epoch {epoch + 1}, step "
-                                   f"{step + 1}; the last good checkpoint is kept. Expected finite losses: "
-                                   "lower the learning rate or this term's weight, or allow skipping "
-                                   "with skip_nonfinite")
+        if skip_nonfinite and _nonfinite_on_any_rank(loss):
             skipped += 1
             optimizer.zero_grad(set_to_none=True)
             continue
+        if not skip_nonfinite:
+            watch.record(step, losses, loss)
+            if (step + 1) % NONFINITE_CHECK_STEPS == 0:
+                watch.check(desc, epoch)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        n = targets.numel()  # running sums stay on the device: no GPU sync per term and step
+        n = targets.numel()  # running sums stay on the device
         seen += n
         correct += (logits.detach().argmax(1) == targets).sum()
         for k, v in (*losses.items(), ("loss", loss)):
             sums[k] = sums.get(k, 0.0) + v.detach().float() * n
         if progress and step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
+    watch.check(desc, epoch)  # before the caller evaluates or saves this epoch's weights
     record: dict[str, Any] = {"phase": desc, "epoch": epoch + 1,
                               "lr": schedule.lr * schedule.lr_factor(epoch + 1 - 1e-9)}
     record.update({k: float(v) / max(seen, 1) for k, v in sums.items()})

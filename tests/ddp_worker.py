@@ -1,29 +1,83 @@
-"""Launched by test_distributed.py under torchrun: a few distillation steps with DDP on gloo."""
+"""Launched by test_distributed.py under torchrun: short DDP trainings on gloo, one per scenario.
+
+`python ddp_worker.py OUT SCENARIO...`; each scenario writes OUT/SCENARIO-rank{R}.pt (weights,
+history) or, when fit raised, OUT/SCENARIO-rank{R}.error (the error), then the next one runs.
+"""
 from __future__ import annotations
 
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from distill import Distiller, Schedule, Term, distributed, fit
 from distill.losses import HintLoss, KDLoss
 from distill.models import build_model
 
-out = Path(sys.argv[1])
-distributed.init_from_env()
-rank = distributed.rank()
-torch.manual_seed(0)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-teacher = build_model("small_cnn", 4, (1, 8, 8), width=8)
-student = build_model("small_cnn", 4, (1, 8, 8), width=4)
-g = torch.Generator().manual_seed(0)
-data = TensorDataset(torch.randn(64, 1, 8, 8, generator=g), torch.randint(0, 4, (64,), generator=g))
-terms = [Term("kd", KDLoss()), Term("hint", HintLoss(), student="stage3", teacher="stage3")]
-distiller = Distiller(teacher, student, terms, (1, 8, 8))
-torch.manual_seed(100 + rank)  # different RNG per rank: only DDP can keep the weights equal
-history = fit(distiller, data, Schedule(epochs=2, batch_size=8, lr=0.1), resume_path=out / f"resume-rank{rank}.pt",
-              progress=False)
-torch.save({"student": student.state_dict(), "connectors": distiller.connectors.state_dict(),
-            "world": dist.get_world_size(), "steps_seen": history[-1]}, out / f"weights-rank{rank}.pt")
+SHAPE = (1, 8, 8)
+SECONDS = 120  # then the process ends itself: a rank left waiting in a collective must not live on
+
+
+class NaNOnRank1(nn.Module):
+    """Mean squared difference of the logits; NaN on rank 1 only, while `when()` is true."""
+
+    def __init__(self, when: Callable[[], bool]) -> None:
+        super().__init__()
+        self.when = when
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        bad = distributed.rank() == 1 and self.when()
+        return (student - teacher).pow(2).mean() * (float("nan") if bad else 1.0)
+
+
+def models(rank: int) -> tuple[nn.Module, nn.Module]:
+    """The same teacher on every rank; a student initialised differently on each, so that only
+    DDP (which starts every rank from rank 0's weights) can make the students end identical."""
+    torch.manual_seed(0)
+    teacher = build_model("small_cnn", 4, SHAPE, width=8)
+    torch.manual_seed(100 + rank)
+    return teacher, build_model("small_cnn", 4, SHAPE, width=4)
+
+
+def distiller(scenario: str, rank: int) -> Distiller:
+    teacher, student = models(rank)
+    if scenario == "kd_hint":
+        terms = [Term("kd", KDLoss()), Term("hint", HintLoss(), student="stage3", teacher="stage3")]
+        return Distiller(teacher, student, terms, SHAPE)
+    if scenario == "fitnets_stage1":  # no CE, one hint on a middle layer: stage3 and the head get no gradient
+        return Distiller(teacher, student, [Term("hint", HintLoss(), student="stage2", teacher="stage2")],
+                         SHAPE, ce_weight=0.0)
+    nan_term = NaNOnRank1(lambda: False)
+    d = Distiller(teacher, student, [Term("drift", nan_term)], SHAPE)
+    nan_term.when = lambda: d.epoch == 1  # every step of epoch 2, on rank 1 only
+    return d
+
+
+def main() -> None:
+    signal.alarm(SECONDS)
+    out, scenarios = Path(sys.argv[1]), sys.argv[2:]
+    distributed.init_from_env()
+    rank = distributed.rank()
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(32, *SHAPE, generator=g), torch.randint(0, 4, (32,), generator=g))
+    for scenario in scenarios:  # 2 steps per epoch and rank
+        d = distiller(scenario, rank)
+        initial = {k: v.clone() for k, v in d.student.state_dict().items()}
+        try:
+            history = fit(d, data, Schedule(epochs=2, batch_size=8, lr=0.1), progress=False,
+                          resume_path=out / f"{scenario}-resume-rank{rank}.pt",
+                          skip_nonfinite=scenario == "nan_on_rank1_skipped")
+        except Exception as e:  # noqa: BLE001 - recorded for the test to read; the next scenario runs
+            (out / f"{scenario}-rank{rank}.error").write_text(f"{type(e).__name__}: {e}")
+            continue
+        torch.save({"student": d.student.state_dict(), "initial": initial, "connectors": d.connectors.state_dict(),
+                    "world": dist.get_world_size(), "history": history}, out / f"{scenario}-rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main()

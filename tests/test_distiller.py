@@ -147,9 +147,12 @@ def test_feature_taps_are_not_changed_by_a_following_inplace_relu():
     assert (captured < 0).any(), "a BN output before ReLU has negative values"
 
 
-def test_connectors_train_with_the_student_and_are_not_part_of_it():
+def test_fit_trains_the_connectors_with_the_student_and_they_are_not_part_of_it():
     student = cnn(8)
     d = Distiller(cnn(16), student, [Term("hint", HintLoss(), student="stage3", teacher="stage3")], SHAPE)
-    trainable = {id(p) for p in d.parameters() if p.requires_grad}
-    assert all(id(p) in trainable for p in d.connectors.parameters())
+    before = {k: v.clone() for k, v in d.connectors.named_parameters()}
+    x, y = batch(32)
+    fit(d, TensorDataset(x, y), Schedule(epochs=1, batch_size=16, lr=0.1), progress=False)
+    unchanged = [k for k, v in d.connectors.named_parameters() if torch.equal(before[k], v)]
+    assert before and not unchanged, f"connector parameters fit did not update: {unchanged}"
     assert not any(k.startswith("connectors") for k in student.state_dict())

@@ -1,15 +1,26 @@
 """`distill run`, `distill recipes` and `distill models`."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-import subprocess
 import sys
+import tempfile
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import DistillError
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
+
+# Set by `distill run --nproc N` for the ranks it launches: the folder where a rank leaves the user
+# error (DistillError) that stopped it, for the parent to print once.
+RANK_ERRORS_ENV = "DISTILL_RANK_ERRORS"
 
 
 @click.command()
@@ -48,20 +59,22 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
     """
     from .. import distributed
     from ..pipeline import run_recipe
-    from ..summary import summary_table
     from ..recipe import find_recipe, load_recipe
     from ..settings import check_device
+    from ..summary import summary_table
 
-    if device is not None:
-        check_device(device)
-    path = find_recipe(recipe)
-    if trust_code:
-        overrides = (*overrides, "trust_code=true")
-    parsed = load_recipe(path, list(overrides))  # validate before starting processes
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        sys.exit(_relaunch_under_torchrun(nproc))
-    metrics = run_recipe(parsed, out=out, resume=resume, device=device, data_root=data_root,
-                         progress=not quiet)
+    with _user_errors_once_per_launch():
+        if device is not None:
+            check_device(device)
+        path = find_recipe(recipe)
+        if trust_code:
+            overrides = (*overrides, "trust_code=true")
+        parsed = load_recipe(path, list(overrides))  # validate before starting processes
+        if nproc > 1 and "LOCAL_RANK" not in os.environ:
+            _check_before_launch(parsed, device, data_root)
+            sys.exit(_relaunch_under_torchrun(nproc))
+        metrics = run_recipe(parsed, out=out, resume=resume, device=device, data_root=data_root,
+                             progress=not quiet)
     if not distributed.is_main():
         return
     click.echo("")
@@ -69,8 +82,48 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
     click.echo(f"run directory: {out or parsed.out or Path('runs') / parsed.name}")
 
 
+def _check_before_launch(recipe: Recipe, device: str | None, data_root: str | None) -> None:
+    """What every rank would check first, checked once here: the device, and the data (its path,
+    classes and limits; a download happens here, once, not in every rank at the same time)."""
+    from ..model_data import data_for_recipe
+    from ..settings import resolve_device
+
+    resolve_device(device or recipe.device)
+    data_for_recipe(recipe, data_root)
+
+
+@contextlib.contextmanager
+def _user_errors_once_per_launch() -> Iterator[None]:
+    """Under torchrun every rank meets the same user error; the launch reports it once, as one line.
+
+    A rank that `distill run --nproc` started leaves the message in the parent's folder (the
+    parent prints it) and exits 2; under a torchrun started by hand rank 0 prints it and the others
+    exit 2 quietly. Outside torchrun the error goes on to the usual one-line report."""
+    from .. import distributed
+    from ..files import atomic_write_text
+
+    try:
+        yield
+    except DistillError as e:
+        if "LOCAL_RANK" not in os.environ:
+            raise
+        rank, folder = distributed.launch_rank(), os.environ.get(RANK_ERRORS_ENV)
+        if folder:
+            atomic_write_text(Path(folder) / f"rank{rank}.txt", str(e))
+        elif rank == 0:
+            raise
+        sys.exit(2)
+
+
 def _relaunch_under_torchrun(nproc: int) -> int:
-    """Run this same command in `nproc` processes with torchrun; returns its exit code."""
+    """Run this same command in `nproc` processes with torchrun (in this process); its exit code.
+
+    A user error in the ranks ends the launch as in one process: one line, exit code 2, without
+    torchrun's failure report. Any other failure prints that report (the ranks print their
+    tracebacks) and returns 1; with --debug it raises."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
     args, skip = [], False
     for arg in sys.argv[1:]:
         if skip:
@@ -79,9 +132,26 @@ def _relaunch_under_torchrun(nproc: int) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             args.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "distill", *args]
-    return subprocess.call(command)
+    debug = "--debug" in args
+    command = ["--standalone", f"--nproc_per_node={nproc}", "-m", "distill", *args]
+    with tempfile.TemporaryDirectory(prefix="distill-ranks-") as folder:
+        if not debug:  # else rank 0 raises, and shows its traceback
+            os.environ[RANK_ERRORS_ENV] = folder
+            logging.disable(logging.ERROR)  # torchrun's own log lines
+        try:
+            torchrun.main(command)
+        except ChildFailedError as failure:
+            reports = sorted(Path(folder).glob("rank*.txt"), key=lambda p: int(p.stem.removeprefix("rank")))
+            if reports:
+                raise DistillError(reports[0].read_text()) from None
+            if debug:
+                raise
+            click.echo(str(failure), err=True)
+            return 1
+        finally:
+            logging.disable(logging.NOTSET)
+            os.environ.pop(RANK_ERRORS_ENV, None)
+    return 0
 
 
 @click.command()
