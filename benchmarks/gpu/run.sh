@@ -35,8 +35,8 @@ cat "$out/versions.txt"
 
 status=0
 echo "== tests/test_cuda.py"
-timeout 300 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log" || status=1
+timeout 240 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log" || status=1
 echo "== benchmarks/train_throughput.py on $(nproc) CPU threads and the GPU"
-timeout 300 "$python" benchmarks/train_throughput.py --threads "$(nproc)" --rounds 5 --out "$out/throughput" \
+timeout 200 "$python" benchmarks/train_throughput.py --threads "$(nproc)" --rounds 5 --out "$out/throughput" \
   2>&1 | tail -n 60 | tee "$out/throughput.log" || status=1
 exit $status
