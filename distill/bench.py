@@ -30,7 +30,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .errors import DistillError
-from .export import card_from_onnx, export_onnx, load_onnx, onnx_metadata, onnx_size, run_onnx, verify_onnx
+from .export import (card_from_onnx, export_onnx, graph_shapes, load_onnx, onnx_metadata, onnx_size, run_onnx,
+                     verify_onnx)
+from .files import atomic_write, atomic_write_text
 from .models import ModelCard, load_checkpoint
 from .models.stats import count_macs, count_params
 
@@ -54,6 +56,7 @@ class Artifact:
     macs: int | None = None
     size_bytes: int | None = None  # of `file`, else of the weights in memory
     onnx_is_temporary: bool = False  # exported by `benchmark` only to time ORT
+    fixed_batch: int | None = None  # the only batch size an ONNX graph without a batch axis takes
 
 
 @dataclass
@@ -131,16 +134,21 @@ def load_artifact(source: str | Path | Artifact | tuple[nn.Module, ModelCard], n
 
 
 def _onnx_artifact(path: Path, name: str) -> Artifact:
+    """An ONNX file as its graph says it runs: one (batch, C, H, W) input, and, for a file distill
+    exported, the same input shape and class count its metadata claims."""
     meta = onnx_metadata(path)
-    card = card_from_onnx(path)
-    if card is None:  # a foreign ONNX file: take the input shape from its graph
-        session = load_onnx(path)
-        shape, out = session.get_inputs()[0].shape, session.get_outputs()[0].shape
-        if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-            raise DistillError(f"{path} has input shape {shape}; expected (batch, C, H, W) with fixed C, H, W")
-        card = ModelCard("onnx", out[-1] if isinstance(out[-1], int) else 0, tuple(shape[1:]))
+    shape, out = graph_shapes(path)
+    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        raise DistillError(f"{path} has input shape {shape}; expected (batch, C, H, W) with fixed C, H, W")
+    classes = out[-1] if out and isinstance(out[-1], int) else 0  # 0: not fixed in the graph
+    card = card_from_onnx(path) or ModelCard("onnx", classes, tuple(shape[1:]))  # a foreign file: its graph
+    if tuple(card.input_shape) != tuple(shape[1:]) or card.num_classes != (classes or card.num_classes):
+        raise DistillError(f"{path} takes inputs {tuple(shape[1:])} and gives {classes or '?'} logits, but its "
+                           f"metadata says {tuple(card.input_shape)} and {card.num_classes}; expected a file "
+                           "whose metadata describes its graph (as distill export writes)")
     return Artifact(name, card, onnx=path, file=path, precision=meta.get("precision", "float32"),
-                    params=meta.get("params"), macs=meta.get("macs"), size_bytes=onnx_size(path))
+                    params=meta.get("params"), macs=meta.get("macs"), size_bytes=onnx_size(path),
+                    fixed_batch=shape[0] if isinstance(shape[0], int) else None)
 
 
 def run_artifacts(run_dir: str | Path) -> dict[str, Path]:
@@ -190,6 +198,9 @@ def benchmark(artifacts: Mapping[str, str | Path | Artifact | tuple[nn.Module, M
         raise DistillError(f"teacher {teacher!r} is not among the artifacts ({', '.join(artifacts)})")
     threads = threads or physical_cores()
     arts = {name: load_artifact(src, name, trust_code) for name, src in artifacts.items()}
+    _check_batch_sizes(arts, batch_sizes, data)
+    if data is not None:
+        _check_data(arts, data)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -207,6 +218,37 @@ def benchmark(artifacts: Mapping[str, str | Path | Artifact | tuple[nn.Module, M
             return _result(arts, teacher, runners, timings, accuracy, machine_info(threads), settings)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _check_batch_sizes(arts: dict[str, Artifact], batch_sizes: Sequence[int], data: Data | None) -> None:
+    """An ONNX graph with a fixed batch size runs at that size only: refuse other timing batch
+    sizes, and test accuracy (run in batches of 64), before ONNX Runtime fails half way."""
+    for art in arts.values():
+        if art.fixed_batch is None:
+            continue
+        asked = sorted(set(batch_sizes)) + (["64 (accuracy)"] if data is not None else [])
+        if asked != [art.fixed_batch]:
+            raise DistillError(f"{art.file} has a fixed batch size of {art.fixed_batch} but this benchmark runs "
+                               f"batches of {', '.join(map(str, asked))}; expected a dynamic batch axis (as distill "
+                               "export writes), or only its batch size: no throughput batch, no accuracy")
+
+
+def _check_data(arts: dict[str, Artifact], data: Data) -> None:
+    """Every model must take the test images and predict the data's classes: otherwise ONNX Runtime
+    fails mid-run, or a 5-class model scored on 10-class data counts every other image as a miss."""
+    first = next(_batches(data, 1), None)
+    if first is None:
+        return  # empty data: _accuracy says so
+    shape = tuple(first[0].shape[1:])
+    classes = getattr(data, "num_classes", None)  # a DataBundle knows; plain tensors do not
+    for art in arts.values():
+        where = art.file or art.card.arch
+        if tuple(art.card.input_shape) != shape:
+            raise DistillError(f"{art.name} ({where}) takes inputs of shape {tuple(art.card.input_shape)} but the "
+                               f"test data gives {shape}; expected every model to take the data's inputs")
+        if classes and art.card.num_classes and art.card.num_classes != classes:
+            raise DistillError(f"{art.name} ({where}) predicts {art.card.num_classes} classes but the test data "
+                               f"has {classes}; expected every model to predict the data's classes")
 
 
 Runner = Callable[[torch.Tensor], Any]
@@ -409,15 +451,24 @@ def summary_lines(result: BenchResult) -> list[str]:
     return lines
 
 
-def write_report(result: BenchResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write bench.json, bench.md and bench.png (accuracy vs latency, or latency and size bars)."""
+def report_paths(out_dir: str | Path) -> dict[str, Path]:
+    """Where bench.json, bench.md and bench.png go; the folder is made now, so a bad --out fails
+    before the timing, not after it."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DistillError(f"bench output {out} is a file; expected a directory for bench.json, bench.md "
+                           "and bench.png")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DistillError(f"cannot write to {out}: {e.strerror}; expected a writable directory") from e
-    paths = {"json": out / "bench.json", "md": out / "bench.md", "png": out / "bench.png"}
-    paths["json"].write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return {"json": out / "bench.json", "md": out / "bench.md", "png": out / "bench.png"}
+
+
+def write_report(result: BenchResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write bench.json, bench.md and bench.png (accuracy vs latency, or latency and size bars)."""
+    paths = report_paths(out_dir)
+    atomic_write_text(paths["json"], json.dumps(result.to_dict(), indent=2) + "\n")
     m, s = result.machine, result.settings
     md = ["# distill bench", "",
           f"- machine: {m['cpu']}, {m['physical_cores']} physical cores, {m['threads']} threads "
@@ -430,7 +481,7 @@ def write_report(result: BenchResult, out_dir: str | Path) -> dict[str, Path]:
         md.insert(2, f"- command: `{s['command']}`")
     md += ["", result.table(markdown=True), "", *[f"- {line}" for line in summary_lines(result)], "",
            f"![accuracy vs latency]({paths['png'].name})", ""]
-    paths["md"].write_text("\n".join(md))
+    atomic_write_text(paths["md"], "\n".join(md))
     _plot(result, paths["png"])
     return paths
 
@@ -472,5 +523,5 @@ def _plot(result: BenchResult, path: Path) -> None:
             ax.set_xlabel(xlabel)
     fig.suptitle(f"{result.machine['cpu']}, {result.machine['threads']} threads", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)

@@ -27,11 +27,13 @@ import torch
 from torch import nn
 
 from .errors import DistillError
+from .files import disk_full_is_one_line, ensure_readable, is_disk_full
 from .models import ModelCard
 
 FORMAT = "distill-onnx/1"
 INPUT, OUTPUT = "input", "logits"
 OPSET = 18
+MIN_OPSET = 17  # older opsets lack ops the exporters emit for common vision models
 SINGLE_FILE_LIMIT = 1_800_000_000  # protobuf caps a single file at 2 GiB; larger weights go external
 
 
@@ -41,15 +43,18 @@ class ExportReport:
 
     path: Path
     exporter: str  # "dynamo" (torch.export) or "torchscript" (the fallback)
-    opset: int
+    opset: int  # as written in the file's opset_import, which can differ from the one asked for
     size_bytes: int
     max_abs_diff: dict[str, float] = field(default_factory=dict)  # batch label -> max |ORT - torch|
     atol: float = 1e-4
     seconds: float = 0.0
+    requested_opset: int | None = None
 
     def summary(self) -> str:
         diffs = ", ".join(f"{k} batch {v:.1e}" for k, v in self.max_abs_diff.items())
-        return (f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB, opset {self.opset}, {self.exporter} "
+        asked = (f" ({self.requested_opset} was asked for: the exporter could not convert to it)"
+                 if self.requested_opset not in (None, self.opset) else "")
+        return (f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB, opset {self.opset}{asked}, {self.exporter} "
                 f"exporter, {self.seconds:.1f}s); ONNX Runtime matches PyTorch: max |diff| {diffs} "
                 f"<= {self.atol:g}")
 
@@ -62,6 +67,7 @@ def export_onnx(model: nn.Module, card: ModelCard, path: str | Path, *, sample: 
     is an optional real batch (N, C, H, W) to verify on besides a random one. The file appears
     at `path` only once verification passed; a mismatch above `atol` raises DistillError.
     """
+    check_opset(opset)
     path = Path(path)
     start = time.perf_counter()
     was_training = model.training
@@ -77,9 +83,35 @@ def export_onnx(model: nn.Module, card: ModelCard, path: str | Path, *, sample: 
             _write_metadata(tmp, {**card_metadata(card), **_cost_metadata(model, card)})
             check_onnx(tmp)
             diffs = {label: verify_onnx(tmp, model, x, atol, label=label) for label, x in batches.items()}
+            written = written_opset(tmp)
     finally:
         model.train(was_training)
-    return ExportReport(path, exporter, opset, onnx_size(path), diffs, atol, time.perf_counter() - start)
+    return ExportReport(path, exporter, written, onnx_size(path), diffs, atol, time.perf_counter() - start,
+                        requested_opset=opset)
+
+
+def supported_opsets() -> range:
+    """The opsets an export can target: MIN_OPSET up to the newest the installed onnx defines (the
+    dynamo exporter converts to any of them; newer numbers would be silently written as another)."""
+    import onnx
+    return range(MIN_OPSET, onnx.defs.onnx_opset_version() + 1)
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the exporters cannot write, before any work."""
+    opsets = supported_opsets()
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in opsets:
+        raise DistillError(f"opset {opset!r} is not supported; expected {opsets.start} to {opsets[-1]} (the "
+                           "opsets torch's exporter can write with the installed onnx)")
+
+
+def written_opset(path: str | Path) -> int:
+    """The default-domain opset an ONNX file declares in its opset_import."""
+    versions = [o.version for o in _load_proto(Path(path)).opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        raise DistillError(f"{path} declares no opset for the default ONNX domain; expected a file written "
+                           "by distill export")
+    return max(versions)
 
 
 def _check_sample(sample: torch.Tensor, card: ModelCard) -> torch.Tensor:
@@ -99,11 +131,12 @@ def _staging(path: Path) -> Iterator[Path]:
     except OSError as e:
         raise DistillError(f"cannot write {path}: {e.strerror}; expected a writable directory") from e
     try:
-        tmp = folder / path.name
-        yield tmp
-        for f in sorted(folder.glob(f"{path.name}?*")):  # external data first, then the model
-            f.replace(path.parent / f.name)
-        tmp.replace(path)
+        with disk_full_is_one_line(path):
+            tmp = folder / path.name
+            yield tmp
+            for f in sorted(folder.glob(f"{path.name}?*")):  # external data first, then the model
+                f.replace(path.parent / f.name)
+            tmp.replace(path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -137,6 +170,8 @@ def _export(model: nn.Module, x: torch.Tensor, path: Path, opset: int) -> str:
             program.save(str(path), external_data=external)
             return "dynamo"
         except Exception as e:  # any tracing failure: fall back to the TorchScript exporter
+            if is_disk_full(e):
+                raise
             errors.append(f"torch.export: {_first_line(e)}")
         try:
             torch.onnx.export(model, (x,), str(path), input_names=[INPUT], output_names=[OUTPUT],
@@ -170,20 +205,72 @@ def _cost_metadata(model: nn.Module, card: ModelCard) -> dict[str, Any]:
     return {"params": count_params(model), "macs": count_macs(model, card.input_shape)}
 
 
-def _load_proto(path: Path, external_data: bool = False):
+def _load_proto(path: Path):
+    """The model of an ONNX file without its external tensors, after checking they are all there."""
     import onnx
     from google.protobuf.message import DecodeError
-    if not path.is_file():
-        raise DistillError(f"ONNX file {path} does not exist; expected a file written by distill export")
+    ensure_readable(path, "ONNX file", "a file written by distill export")
     try:
-        proto = onnx.load(str(path), load_external_data=external_data)
+        proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, OSError, RuntimeError) as e:
         raise DistillError(f"{path} is not an ONNX model: {_first_line(e)}; expected a file written by "
                            "distill export") from e
     if proto.ir_version <= 0 or not proto.graph.node:
         raise DistillError(f"{path} is not an ONNX model: it holds no graph; expected a file written by "
                            "distill export")
+    external_files(path, proto)
     return proto
+
+
+def external_files(path: Path, proto: Any) -> list[Path]:
+    """The external data files an ONNX model refers to; missing ones, or ones outside the model's
+    folder (an absolute or ../ location: a file from elsewhere must not read arbitrary files), are refused."""
+    import onnx
+    folder = path.parent.resolve()
+    found = []
+    for name in sorted({e.value for t in _tensors(proto.graph) if t.data_location == onnx.TensorProto.EXTERNAL
+                        for e in t.external_data if e.key == "location"}):
+        file = (folder / name).resolve()
+        if Path(name).is_absolute() or not file.is_relative_to(folder):
+            raise DistillError(f"ONNX file {path} refers to external data {name!r} outside its folder; expected "
+                               "data files beside the model, named relative to it")
+        if not file.is_file():
+            raise DistillError(f"ONNX file {path} needs its external data file {name}, which is missing; expected "
+                               f"{path.parent / name} beside it (copy the model together with its data file)")
+        found.append(file)
+    return found
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor a graph holds: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
+
+
+def graph_shapes(path: str | Path) -> tuple[list[int | str], list[int | str]]:
+    """Shapes of an ONNX model's single float input and of its first output; a dimension is a
+    number when fixed, else its name ('?' when unnamed)."""
+    import onnx
+    proto = _load_proto(Path(path))
+    weights = {t.name for t in proto.graph.initializer}  # old files list weights among the inputs
+    inputs = [i for i in proto.graph.input if i.name not in weights]
+    if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        found = ", ".join(f"{i.name} ({onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type)})"
+                          for i in inputs) or "none"
+        raise DistillError(f"{path} takes inputs {found}; expected one float32 image batch (N, C, H, W)")
+    if not proto.graph.output:
+        raise DistillError(f"{path} has no output; expected one holding the logits")
+
+    def dims(value: Any) -> list[int | str]:
+        return [d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+                for d in value.type.tensor_type.shape.dim]
+    return dims(inputs[0]), dims(proto.graph.output[0])
 
 
 def _write_metadata(path: Path, meta: dict[str, Any]) -> None:
@@ -211,15 +298,19 @@ def onnx_metadata(path: str | Path) -> dict[str, Any]:
 def card_from_onnx(path: str | Path) -> ModelCard | None:
     """The ModelCard an ONNX file was exported with, or None for a file not written by distill."""
     card = onnx_metadata(path).get("distill.card")
-    return ModelCard.from_dict(card) if isinstance(card, dict) else None
+    if card is None:
+        return None
+    try:
+        return ModelCard.from_dict(card, source=f"{path} has a 'distill.card' in its metadata that is not a model card")
+    except (KeyError, TypeError, ValueError) as e:
+        raise DistillError(f"{path} has a 'distill.card' in its metadata that is not a model card "
+                           f"({type(e).__name__}: {e}); expected a file written by distill export") from e
 
 
 def onnx_size(path: str | Path) -> int:
     """Bytes of an ONNX file plus the external data files it references."""
     path = Path(path)
-    proto = _load_proto(path)
-    external = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
-    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in external)
+    return path.stat().st_size + sum(f.stat().st_size for f in external_files(path, _load_proto(path)))
 
 
 def check_onnx(path: str | Path) -> None:

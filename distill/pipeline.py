@@ -7,11 +7,13 @@ arguments, and only the phases and this module read a Recipe.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 from . import distributed
+from .files import refuse_overwrite
 from .model_data import data_for_recipe
 from .phases import (RunContext, baseline_phase, bench_phase, export_phase, gain_phase, preflight,
                      prune_phase, student_phase, teacher_phase)
@@ -23,12 +25,32 @@ from .settings import resolve_device
 def run_recipe(recipe: Recipe, *, out: str | Path | None = None, resume: bool = False,
                device: str | None = None, data_root: str | None = None,
                progress: bool = True) -> dict[str, Any]:
-    """Run every phase the recipe asks for; returns metrics.json's content."""
+    """Run every phase the recipe asks for; returns metrics.json's content.
+
+    Rank 0 holds the run directory's lock from start to end: a second process on the same
+    directory is refused instead of overwriting this one's files.
+    """
     distributed.init_from_env()
     run = RunDir(out or recipe.out or Path("runs") / recipe.name)
-    if distributed.is_main():
-        run.prepare(to_toml(recipe), resume)
-    distributed.barrier()
+    with contextlib.ExitStack() as held:
+        if distributed.is_main():
+            held.enter_context(run.lock())
+            refuse_overwrite([("run file", p) for p in run.files()], _input_files(recipe))
+            run.prepare(to_toml(recipe), resume)
+        distributed.barrier()
+        return _run_phases(recipe, run, device, data_root, progress)
+
+
+def _input_files(recipe: Recipe) -> list[str]:
+    """The files a recipe reads (weights, checkpoints, data), which the run must never overwrite."""
+    named = [recipe.data.path]
+    for spec in (recipe.teacher, recipe.student):
+        named += [spec.checkpoint, spec.weights]
+    return [p for p in named if p]
+
+
+def _run_phases(recipe: Recipe, run: RunDir, device: str | None, data_root: str | None,
+                progress: bool) -> dict[str, Any]:
     ctx = RunContext(recipe, run, data_for_recipe(recipe, data_root), resolve_device(device or recipe.device),
                      progress)
     preflight(ctx)

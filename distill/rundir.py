@@ -7,21 +7,38 @@ A run directory is the unit users share (see ARCHITECTURE.md):
     history.csv        per-epoch metrics of every phase
     metrics.json       final metrics per role, the gain, the cache, export and bench summaries
     .ROLE.resume.pt    end-of-epoch state of a phase in progress (removed when it finishes)
+    .lock              who holds the directory: one process per run directory at a time
 
-Every file here is written atomically (distill.files).
+Every file here but `.lock` is written atomically (distill.files). Only a run's own files are
+reused: a directory that holds run files but no recipe.toml belongs to no run this one can continue.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime as dt
 import io
 import json
+import os
+import socket
 import tomllib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import DistillError
-from .files import atomic_write_text
+from .files import atomic_write_text, ensure_readable
 from .recipe import recipe_from_dict, to_toml
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, no lock
+    fcntl = None  # type: ignore[assignment]
+
+ROLES = ("teacher", "student", "baseline", "pruned")
+EXPORTED = ("student", "pruned")  # roles the export phase writes ONNX files for
+REPORTS = ("metrics.json", "history.csv", "bench.json", "bench.md", "bench.png", "teacher_cache")
 
 
 class RunDir:
@@ -39,10 +56,43 @@ class RunDir:
     def resume_file(self, role: str) -> Path:
         return self.path / f".{role}.resume.pt"
 
+    def files(self) -> list[Path]:
+        """Every file (and folder) a run may write here, and so may reuse on --resume."""
+        names = [self.recipe.name, *REPORTS]
+        names += [p.name for role in ROLES for p in (self.checkpoint(role), self.resume_file(role))]
+        names += [f"{role}{kind}.onnx" for role in EXPORTED for kind in ("", ".int8")]
+        return [self.path / name for name in names]
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this run directory until the block ends: a second process (a second `--resume` on
+        the same --out) is refused, naming the holder. The kernel releases the lock when the holder
+        exits, also when it crashes or is killed, so a lock is never stale."""
+        self._create()
+        where = self.path / ".lock"
+        try:
+            fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise DistillError(f"cannot write to run directory {self.path}: {e.strerror}; expected a "
+                               "writable --out directory") from e
+        try:
+            if _locked(fd, where):
+                written = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                holder = written.splitlines()[0] if written else "an unknown process"  # one line, whatever is there
+                raise DistillError(f"run directory {self.path} is in use by another distill process "
+                                   f"({holder}); expected one process per run directory: wait for it to "
+                                   "finish or stop it, then run again (with --resume), or use another --out")
+            started = dt.datetime.now().isoformat(timespec="seconds")
+            with contextlib.suppress(OSError):  # who holds it is only for the message: a full disk may refuse it
+                os.ftruncate(fd, 0)  # the lock is on this inode, so the file is rewritten in place
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def prepare(self, recipe_text: str, resume: bool) -> None:
         """Start a new run here, or check that `--resume` continues the same recipe."""
-        if self.path.exists() and not self.path.is_dir():
-            raise DistillError(f"output {self.path} is a file; expected a directory for the run")
+        self._create()
         started = self.recipe.exists()
         if started and not resume:
             raise DistillError(f"run directory {self.path} already holds a run; expected --resume to "
@@ -50,20 +100,28 @@ class RunDir:
         if started and resume and _resolved(self.recipe.read_text()) != recipe_text:
             raise DistillError(f"run directory {self.path} was started with a different recipe; "
                                f"expected the same recipe and --set values to resume (see {self.recipe})")
+        foreign = [p.name for p in self.files() if p.exists()]
+        if not started and foreign:
+            raise DistillError(f"run directory {self.path} holds {', '.join(foreign)} but no recipe.toml, so "
+                               "they belong to no run this one can continue (nothing there is reused); "
+                               "expected a new or empty --out")
+        atomic_write_text(self.recipe, recipe_text)
+
+    def _create(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise DistillError(f"output {self.path} is a file; expected a directory for the run")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("")
-            probe.unlink()
         except OSError as e:
             raise DistillError(f"cannot write to run directory {self.path}: {e.strerror}; expected a "
                                "writable --out directory") from e
-        atomic_write_text(self.recipe, recipe_text)
 
     def read_metrics(self) -> dict[str, Any]:
         """metrics.json of an earlier part of this run ({} when there is none yet)."""
         if not self.metrics.exists():
             return {}
+        ensure_readable(self.metrics, "metrics file",
+                        "the JSON this run wrote: delete it and run again with --resume")
         try:
             metrics = json.loads(self.metrics.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -86,6 +144,20 @@ class RunDir:
         writer.writeheader()
         writer.writerows(history)
         atomic_write_text(self.history, buf.getvalue())
+
+
+def _locked(fd: int, where: Path) -> bool:
+    """Take an exclusive lock on `fd` without waiting; True when another process holds it."""
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError as e:  # a filesystem without flock (some network mounts): run unguarded
+        warnings.warn(f"cannot lock {where} ({e.strerror}): nothing stops a second process from using "
+                      "this run directory at the same time", stacklevel=3)
+    return False
 
 
 def _resolved(recipe_text: str) -> str:

@@ -49,6 +49,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+def user_message(e: DistillError) -> str:
+    """The one line of a DistillError. One raised in a DataLoader worker reaches the main process
+    re-created from the worker's whole traceback text; its own message is that text's last line."""
+    text = str(e)
+    if "\nOriginal Traceback" not in text:
+        return text
+    prefix = f"{DistillError.__module__}.{DistillError.__qualname__}: "
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return lines[-1].removeprefix(prefix) if lines else text.splitlines()[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the group, turning user errors into one line and exit code 2."""
     args = sys.argv[1:] if argv is None else argv
@@ -58,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     except DistillError as e:
         if debug:
             raise
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {user_message(e)}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

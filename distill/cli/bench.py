@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import DistillError
+from .options import NON_NEGATIVE, POSITIVE, POSITIVE_NUMBER
 
 def _name(path: Path, taken: dict) -> str:
     name = path.name.removesuffix(".onnx") if path.suffix == ".onnx" else path.stem
@@ -21,20 +22,21 @@ def _name(path: Path, taken: dict) -> str:
               help="Teacher checkpoint or ONNX file (default: RUN_DIR/teacher.pt).")
 @click.option("--student", "students", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Student checkpoint or ONNX file; repeat for several (added to RUN_DIR's).")
-@click.option("--throughput-batch", default=16, show_default=True,
+@click.option("--throughput-batch", type=NON_NEGATIVE, default=16, show_default=True,
               help="Batch size for the throughput figure (latency is always at batch 1); 0 skips it.")
-@click.option("--threads", type=int, default=None, help="Threads for both runtimes (default: physical cores).")
-@click.option("--rounds", default=20, show_default=True, help="Interleaved timing rounds.")
-@click.option("--round-time", default=0.2, show_default=True,
+@click.option("--threads", type=POSITIVE, default=None, help="Threads for both runtimes (default: physical cores).")
+@click.option("--rounds", type=POSITIVE, default=20, show_default=True, help="Interleaved timing rounds.")
+@click.option("--round-time", type=POSITIVE_NUMBER, default=0.2, show_default=True,
               help="Seconds each model runs per round (at least one call).")
-@click.option("--warmup", default=3, show_default=True, help="Untimed calls per model before timing.")
+@click.option("--warmup", type=NON_NEGATIVE, default=3, show_default=True,
+              help="Untimed calls per model before timing.")
 @click.option("--runtime", "runtimes", multiple=True, type=click.Choice(["eager", "ort"]),
               default=("eager", "ort"), show_default=True, help="Runtimes to time.")
 @click.option("--data", "data_name", default=None,
               help="Dataset for test accuracy (e.g. cifar10); without it accuracy is skipped.")
 @click.option("--data-root", default=None, help="Folder with <dataset>.npz files (default: $DISTILL_DATA).")
-@click.option("--max-samples", type=int, default=None, help="Test images for accuracy (default: all).")
-@click.option("--atol", default=1e-4, show_default=True,
+@click.option("--max-samples", type=POSITIVE, default=None, help="Test images for accuracy (default: all).")
+@click.option("--atol", type=POSITIVE_NUMBER, default=1e-4, show_default=True,
               help="Max |ORT - PyTorch| on logits for the exports made to time ORT.")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where bench.json/md/png go (default: RUN_DIR, else ./bench).")
@@ -58,7 +60,8 @@ def bench(run_dir: Path | None, teacher: Path | None, students: tuple[Path, ...]
       distill bench runs/cifar --data cifar10 --max-samples 2000
       distill bench --teacher big.pt --student small.pt --student small.int8.onnx --throughput-batch 0
     """
-    from ..bench import benchmark, run_artifacts, summary_lines, write_report
+    from ..bench import benchmark, report_paths, run_artifacts, summary_lines, write_report
+    from ..files import refuse_overwrite
 
     artifacts: dict = dict(run_artifacts(run_dir)) if run_dir else {}
     if teacher:
@@ -70,20 +73,24 @@ def bench(run_dir: Path | None, teacher: Path | None, students: tuple[Path, ...]
         raise DistillError("nothing to benchmark; expected a run directory or --teacher and --student")
     if len(artifacts) < 2:
         raise DistillError("only a teacher was given; expected at least one --student (or a run directory)")
+    report_dir = out or run_dir or Path("bench")
+    refuse_overwrite([("bench report", p) for p in report_paths(report_dir).values()],
+                     [*artifacts.values(), data_name])
     first = next(iter(artifacts))
     data = None
     if data_name:  # preprocess as the teacher expects; load it once
         from ..bench import load_artifact
         from ..model_data import data_for_card
         artifacts[first] = load_artifact(artifacts[first], first, trust_code)
-        data = data_for_card(data_name, artifacts[first].card, root=data_root)
+        card = artifacts[first].card  # a foreign ONNX file may not say its class count (0)
+        data = data_for_card(data_name, card, root=data_root, same_classes=card.num_classes > 0)
     batch_sizes = (1, throughput_batch) if throughput_batch > 1 else (1,)
     result = benchmark(artifacts, teacher=first, batch_sizes=batch_sizes, threads=threads, rounds=rounds,
                        round_time=round_time, warmup=warmup, runtimes=runtimes, data=data,
                        max_samples=max_samples, atol=atol, progress=not quiet, trust_code=trust_code)
     if Path(sys.argv[0]).name in ("distill", "__main__.py"):
         result.settings["command"] = shlex.join(["distill", *sys.argv[1:]])
-    paths = write_report(result, out or run_dir or Path("bench"))
+    paths = write_report(result, report_dir)
     if "eager" in runtimes and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         click.echo("note: PyTorch's OpenMP threads spin while waiting (OMP_WAIT_POLICY is not PASSIVE); on a "
                    "busy machine that can inflate eager latency many times: run with OMP_WAIT_POLICY=PASSIVE")

@@ -5,21 +5,25 @@ from pathlib import Path
 
 import click
 
-from ..errors import DistillError
+from .options import POSITIVE, POSITIVE_NUMBER
 
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="ONNX file to write (default: CHECKPOINT with .onnx).")
-@click.option("--atol", default=1e-4, show_default=True, help="Max |ORT - PyTorch| on logits before the export fails.")
-@click.option("--opset", default=18, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--atol", type=POSITIVE_NUMBER, default=1e-4, show_default=True,
+              help="Max |ORT - PyTorch| on logits before the export fails.")
+@click.option("--opset", default=18, show_default=True,
+              help="ONNX opset (17 up to the newest the installed onnx knows).")
 @click.option("--int8", is_flag=True, help="Also write OUTPUT.int8.onnx: static int8 quantization with ONNX Runtime.")
-@click.option("--calibration", default=256, show_default=True, help="Training images that calibrate the int8 scales.")
+@click.option("--calibration", type=POSITIVE, default=256, show_default=True,
+              help="Training images that calibrate the int8 scales.")
 @click.option("--data", "data_name", default=None,
               help="Dataset (e.g. cifar10): a real batch to verify on, int8 calibration and accuracy.")
 @click.option("--data-root", default=None, help="Folder with <dataset>.npz files (default: $DISTILL_DATA).")
-@click.option("--max-samples", type=int, default=None, help="Test images for the int8 accuracy check (default: all).")
+@click.option("--max-samples", type=POSITIVE, default=None,
+              help="Test images for the int8 accuracy check (default: all).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--trust-code", is_flag=True,
               help="Let checkpoints build 'package.module:factory' models, running that code: only for "
@@ -38,13 +42,16 @@ def export(checkpoint: Path, output: Path | None, atol: float, opset: int, int8:
     import torch
 
     from ..data import take_batch
-    from ..export import export_onnx, load_onnx, quantize_int8, run_onnx
+    from ..export import check_opset, export_onnx, load_onnx, quantize_int8, run_onnx
+    from ..files import refuse_overwrite
     from ..models import load_checkpoint
 
-    if opset < 17:
-        raise DistillError(f"opset {opset} is too old; expected 17 or newer")
-    model, card = load_checkpoint(checkpoint, trust_code)
+    check_opset(opset)
     output = output or checkpoint.with_suffix(".onnx")
+    int8_output = output.with_name(output.name.removesuffix(".onnx") + ".int8.onnx")
+    outputs = [("--output", output), ("--output's external data", output.with_name(output.name + ".data"))]
+    refuse_overwrite(outputs + ([("the int8 output", int8_output)] if int8 else []), [checkpoint, data_name])
+    model, card = load_checkpoint(checkpoint, trust_code)
     bundle = None
     if data_name:
         from ..model_data import data_for_card
@@ -62,7 +69,7 @@ def export(checkpoint: Path, output: Path | None, atol: float, opset: int, int8:
         gen = torch.Generator().manual_seed(0)
         calib, source = torch.randn(calibration, *card.input_shape, generator=gen), "random inputs (no --data)"
         click.echo(f"warning: calibrating int8 on {source}: scales may not fit real images; pass --data")
-    q = quantize_int8(output, output.with_name(output.name.removesuffix(".onnx") + ".int8.onnx"), calib)
+    q = quantize_int8(output, int8_output, calib)
     check = sample if sample is not None else torch.randn(64, *card.input_shape,
                                                           generator=torch.Generator().manual_seed(1))
     agree = float((run_onnx(load_onnx(q), check).argmax(1) == run_onnx(load_onnx(output), check).argmax(1)).mean())

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import DistillError
+from .options import POSITIVE
 
 
 @click.command()
@@ -14,15 +14,15 @@ from ..errors import DistillError
               help="Fraction of the original MACs to keep, between 0 and 1 (0.5 = half).")
 @click.option("--importance", default="magnitude", show_default=True,
               help="How channels are ranked: magnitude, taylor (needs data, see --data) or lamp.")
-@click.option("--steps", type=int, default=5, show_default=True,
+@click.option("--steps", type=POSITIVE, default=5, show_default=True,
               help="Prune in this many rounds, re-ranking channels between them.")
-@click.option("--round-to", type=int, default=8, show_default=True,
+@click.option("--round-to", type=POSITIVE, default=8, show_default=True,
               help="Keep channel counts multiples of this (1 = any count).")
 @click.option("--data", "dataset", default=None,
               help="Dataset for taylor's calibration batch (e.g. cifar10); without it, random inputs.")
 @click.option("--data-root", type=click.Path(), default=None,
               help="Folder with <dataset>.npz files (default: $DISTILL_DATA, else ~/.cache/distill/data).")
-@click.option("--batch", type=int, default=64, show_default=True, help="Calibration batch size for taylor.")
+@click.option("--batch", type=POSITIVE, default=64, show_default=True, help="Calibration batch size for taylor.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Where to write the pruned checkpoint (default: CHECKPOINT with a .pruned.pt suffix).")
 @click.option("--trust-code", is_flag=True,
@@ -40,11 +40,13 @@ def prune(checkpoint: str, macs_ratio: float, importance: str, steps: int, round
 
     Prune, then fine-tune (distil from the unpruned model) to win back accuracy.
     """
+    from ..files import refuse_overwrite
     from ..prune import prune_checkpoint
     from ..settings import check_prune
 
     check_prune(macs_ratio, importance, steps, round_to)
     out = Path(output) if output else Path(checkpoint).with_suffix(".pruned.pt")
+    refuse_overwrite([("--output", out)], [checkpoint, dataset])
     calibration = None
     if importance == "taylor":
         calibration = _calibration_batch(checkpoint, dataset, data_root, batch, trust_code)
@@ -64,8 +66,6 @@ def _calibration_batch(checkpoint: str, dataset: str | None, data_root: str | No
 
     from ..models import load_checkpoint
 
-    if size < 1:
-        raise DistillError(f"--batch must be at least 1, got {size}")
     model, card = load_checkpoint(checkpoint, trust_code)
     if dataset is None:
         click.echo("warning: taylor importance on random inputs labelled by the model itself; pass "

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import DistillError
+from ..files import ensure_readable
 from .sources import Raw, TensorSource
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -64,8 +65,9 @@ def npz(path: str | Path | None) -> Raw:
 
 def read_npz(path: Path) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]:
     """Validated (x_train, y_train, x_test, y_test), images as uint8 (N, C, H, W) views."""
-    if not path.is_file():
+    if not path.exists():
         raise DistillError(f"npz file {path} not found; expected a file in {LAYOUT}")
+    ensure_readable(path, "npz file", f"a file in {LAYOUT}")  # a directory or no permission: not "corrupt"
     corrupt = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
     try:
         f = np.load(path, allow_pickle=False)

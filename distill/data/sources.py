@@ -5,6 +5,9 @@ names, normalisation). Nothing here selects, splits or augments; `load_data` doe
 """
 from __future__ import annotations
 
+import struct
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +45,12 @@ class TensorSource:
 
 
 class FolderSource:
-    """Image files decoded on demand (ImageNet does not fit in memory)."""
+    """Image files decoded on demand (ImageNet does not fit in memory).
+
+    A file that cannot be decoded (truncated, corrupt, not an image, or a decompression bomb: a
+    small file that claims more than PIL's MAX_IMAGE_PIXELS) is a DistillError naming it, also
+    inside a DataLoader worker; a bomb is refused from its header, before anything is decoded.
+    """
 
     def __init__(self, samples: list[tuple[str, int]]):
         self.paths = [p for p, _ in samples]
@@ -50,12 +58,24 @@ class FolderSource:
 
     def image(self, i: int) -> torch.Tensor:
         from PIL import Image
+        path = self.paths[i]
         try:
-            with Image.open(self.paths[i]) as im:
-                return F.pil_to_tensor(im.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise DistillError(f"cannot read image {self.paths[i]} ({e}); expected an image file "
-                               "that PIL can open") from e
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    return F.pil_to_tensor(im.convert("RGB"))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DistillError(f"image {path} is too large to decode ({_first_line(e)}); expected at most "
+                               f"{Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb, or an image to "
+                               "shrink first)") from e
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as e:
+            raise DistillError(f"cannot read image {path} ({_first_line(e)}); expected an image file that "
+                               "PIL can open, complete and not corrupt") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 class FakeSource:

@@ -14,15 +14,19 @@ from typing import Any
 import torch
 
 from ..errors import DistillError
+from ..files import ensure_readable, unreadable
 
 FORMAT = "distill-checkpoint/1"
+EXPECTED = "a file written by distill or torch.save"
 
 
 def safe_load(path: str | os.PathLike) -> Any:
-    """torch.load with weights_only=True; unsafe or broken files become a DistillError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DistillError(f"checkpoint {path} does not exist; expected a file written by distill or torch.save")
+    """torch.load with weights_only=True; unsafe or broken files become a DistillError.
+
+    A missing file, a directory and a file without read permission are named as such: only
+    content torch cannot parse is called corrupt.
+    """
+    path = ensure_readable(path, "checkpoint", EXPECTED)
     try:
         with warnings.catch_warnings():  # torch warns before refusing a non-torch pickle: one line is enough
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -34,6 +38,8 @@ def safe_load(path: str | os.PathLike) -> Any:
         raise DistillError(f"refusing to load {path}: it holds objects other than tensors and plain "
                            f"data, which could run code when unpickled ({unsafe[:160]}); expected "
                            "weights saved as tensors and plain data") from e
+    except (PermissionError, IsADirectoryError, FileNotFoundError) as e:  # changed since the check above
+        raise unreadable(path, "checkpoint", EXPECTED, e) from e
     except Exception as e:  # a truncated or foreign file fails in many ways, all of them "corrupt"
         raise _corrupt(path, e) from e
 

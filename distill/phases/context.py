@@ -13,13 +13,20 @@ from torch.utils.data import Dataset
 from .. import distributed
 from ..data import DataBundle
 from ..distiller import Term
+from ..errors import DistillError
 from ..losses import build_loss
 from ..models import ModelCard, build_model, load_checkpoint, safe_load, save_checkpoint
+from ..models.loading import FORMAT
 from ..models.stats import count_macs, count_params
 from ..recipe import ModelSpec, Recipe
 from ..rundir import RunDir
 from ..settings import Speed
 from ..train import evaluate
+
+
+RESUME_KEYS = {"epoch", "optimizer", "rng", "history"}  # what `fit` writes at the end of every epoch
+SCORE_KEYS = ("test_accuracy", "params", "macs")  # what the summary reads from a role's metrics entry
+WHOLE_MODEL = ("student", "baseline")  # roles whose resume file holds the weights of their card's model
 
 
 @dataclass
@@ -81,6 +88,7 @@ class RunContext:
 
     def fit_options(self, role: str) -> dict[str, Any]:
         """The keyword arguments of `fit` that every phase of this run shares."""
+        self.check_resume_file(role)
         s = self.recipe.speed
         return {"val_data": self.data.val, "device": self.device, "seed": self.recipe.seed,
                 "resume_path": self.run.resume_file(role), "resume": True,
@@ -88,18 +96,59 @@ class RunContext:
                                num_workers=self.recipe.data.num_workers),
                 "skip_nonfinite": self.recipe.skip_nonfinite, "desc": role, "progress": self.progress}
 
+    def check_resume_file(self, role: str) -> None:
+        """Refuse a resume file that `fit` could not continue from, naming it and the way out."""
+        path = self.run.resume_file(role)
+        if not path.exists():
+            return
+        restart = f"delete it to restart the {role} phase from its first epoch (then run again with --resume)"
+        try:
+            state = safe_load(path)
+        except DistillError as e:
+            raise DistillError(f"{e}; {restart}") from e
+        if not isinstance(state, dict) or not RESUME_KEYS <= set(state) or not isinstance(state["history"], list):
+            raise DistillError(f"resume file {path} is not the end-of-epoch state distill writes; expected a "
+                               f"dict with {', '.join(sorted(RESUME_KEYS))}: {restart}")
+        # the student and baseline train the whole model; the teacher's strategy may train only a head
+        mismatch = _weights_mismatch(self.card(role), state.get("student")) if role in WHOLE_MODEL else None
+        if mismatch:
+            raise DistillError(f"resume file {path} holds the weights of another model ({mismatch}); expected "
+                               f"the {role} this recipe trains: {restart}")
+
     # ------------------------------------------------------------------ results
     def finished(self, role: str) -> nn.Module | None:
-        """The model of a phase that already finished in this run directory, else None."""
+        """The model of a phase that already finished in this run directory, else None.
+
+        Only this run's own checkpoint is reused: its card must describe the model this recipe
+        builds for the role (a file copied from elsewhere, or another recipe's, is refused).
+        """
         path = self.run.checkpoint(role)
         if not path.exists():
             return None
-        model = self.load(path)[0].to(self.device)
-        history = safe_load(path)["extra"].get("history", [])
-        if role not in self.metrics:  # killed after the checkpoint, before metrics.json was written
+        retrain = f"delete it to train the {role} phase again (then run again with --resume)"
+        card, history = _card_and_history(path, retrain)
+        self.check_card(role, path, card, retrain)  # before building anything the file describes
+        try:
+            model = self.load(path)[0]
+        except DistillError as e:
+            raise DistillError(f"{e}; {retrain}") from e
+        model = model.to(self.device)
+        if not _scored(self.metrics.get(role)):  # killed before metrics.json was written, or it was edited
             self.score(role, model, history)
         self.history = [r for r in self.history if r.get("phase") != role] + history
         return model
+
+    def check_card(self, role: str, path: Path, card: ModelCard, retrain: str) -> None:
+        """Refuse a checkpoint whose model is not the one this recipe builds for `role`."""
+        expected = self.card(role)
+        fields = ("arch", "num_classes", "input_shape", "kwargs")
+        differ = [f"{f} {getattr(card, f)!r} (this recipe builds {getattr(expected, f)!r})"
+                  for f in fields if getattr(card, f) != getattr(expected, f)]
+        if card.pruned != (role == "pruned"):
+            differ.append(f"pruned {card.pruned} (expected {role == 'pruned'})")
+        if differ:
+            raise DistillError(f"{path} is not this run's {role}: its card says {'; '.join(differ)}; "
+                               f"expected the {role} this recipe trains: {retrain}")
 
     def save(self, role: str, model: nn.Module, history: list[dict[str, Any]], card: ModelCard) -> None:
         """The phase's checkpoint (rank 0); its resume file is no longer needed."""
@@ -130,3 +179,44 @@ def recipe_trust(recipe: Recipe) -> bool | Iterable[str]:
     """The code a recipe's checkpoints may run to build their models: any factory with
     `trust_code = true`, else only the factories the recipe itself names for its teacher and student."""
     return recipe.trust_code or {recipe.teacher.model, recipe.student.model}
+
+
+def _scored(entry: Any) -> bool:
+    """Whether a metrics.json entry holds the figures the summary prints (else score the model again)."""
+    return isinstance(entry, dict) and all(
+        isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool) for k in SCORE_KEYS)
+
+
+def _card_and_history(path: Path, retrain: str) -> tuple[ModelCard, list[dict[str, Any]]]:
+    """The card and per-epoch history a finished phase's checkpoint carries, checked as data."""
+    try:
+        ckpt = safe_load(path)
+    except DistillError as e:
+        raise DistillError(f"{e}; {retrain}") from e
+    try:
+        if ckpt.get("format") != FORMAT:
+            raise ValueError(f"no '{FORMAT}' format tag")
+        card, history = ModelCard.from_dict(ckpt["card"]), ckpt["extra"].get("history", [])
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise DistillError(f"{path} is not a checkpoint written by distill run ({type(e).__name__}: {e}); "
+                           f"expected this run's own checkpoint: {retrain}") from e
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise DistillError(f"checkpoint {path} holds a history that is not a list of epoch rows; "
+                           f"expected this run's own checkpoint: {retrain}")
+    return card, history
+
+
+def _weights_mismatch(card: ModelCard, weights: Any) -> str | None:
+    """What differs between `weights` and the state dict of `card`'s model, or None when they fit."""
+    if not isinstance(weights, dict):
+        return f"no state dict but {type(weights).__name__}"
+    with torch.device("meta"):  # shapes only: no memory, no draw from the random generator
+        expected = {k: tuple(v.shape) for k, v in card.build().state_dict().items()}
+    for key, shape in expected.items():
+        got = weights.get(key)
+        if not isinstance(got, torch.Tensor):
+            return f"no tensor {key!r}"
+        if tuple(got.shape) != shape:
+            return f"{key!r} has shape {tuple(got.shape)}, not {shape}"
+    extra = sorted(set(weights) - set(expected))
+    return f"unexpected tensor {extra[0]!r}" if extra else None
