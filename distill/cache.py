@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .errors import DistillError
-from .files import atomic_write_text
+from .files import atomic_write_text, ensure_free_space
 from .settings import check_cache
 from .taps import LOGITS, FeatureTaps
 
@@ -239,6 +239,14 @@ def _check_array(file: Path, shape: Any, meta: dict[str, Any]) -> str:
     return ""
 
 
+def _ensure_space_for(directory: Path, paths: list[str], outputs: dict[str, Tensor], rows: int,
+                      itemsize: int) -> None:
+    """Refuse before writing a cache of `rows` rows per path whose size the first batch tells."""
+    for i in range(len(paths)):  # an older cache's arrays are replaced: their space is free to reuse
+        (directory / f"{i}.npy").unlink(missing_ok=True)
+    ensure_free_space(directory, rows * itemsize * sum(outputs[p][0].numel() for p in paths))
+
+
 def _run_teacher(teacher: nn.Module, source: ViewDataset, paths: list[str], directory: Path, dtype: str, *,
                  batch_size: int, device: torch.device | str, num_workers: int,
                  progress: bool) -> dict[str, np.ndarray]:
@@ -258,6 +266,8 @@ def _run_teacher(teacher: nn.Module, source: ViewDataset, paths: list[str], dire
                 with torch.inference_mode():
                     logits = teacher(images.to(device))
                     outputs = {**taps.outputs, LOGITS: logits}
+                if not arrays:  # memory maps are sparse files: a full disk would kill the run with SIGBUS
+                    _ensure_space_for(directory, paths, outputs, source.views * n, np.dtype(dtype).itemsize)
                 for i, p in enumerate(paths):
                     out = outputs[p].float().cpu().numpy()
                     if dtype == "float16" and np.abs(out).max(initial=0) > np.finfo(np.float16).max:

@@ -76,6 +76,19 @@ def test_cache_rows_are_the_teachers_outputs_and_float16_stays_close(tmp_path):
     assert all(isinstance(a, np.memmap) for a in cache.arrays.values()), "read from disk, not memory"
 
 
+def test_a_cache_that_would_not_fit_on_the_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    """Writing a memory map past a full disk kills the process with SIGBUS and no message; the
+    cache's size is known after the first batch, so it is checked against the free space first."""
+    import shutil
+    from collections import namedtuple
+    teacher, _ = models()
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10_000, 9_000, 1_000))
+    with pytest.raises(DistillError, match=r"not enough free disk space .* needs .* but only"):
+        TeacherCache.build(teacher, data(), ["logits", "stage2"], tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").glob("*.npy"))
+
+
 # One process's view of the cache of an augmented digits run: load the data, build the teacher,
 # print the key (and, with a directory argument, build or reuse the cache there).
 KEY_SCRIPT = """
