@@ -54,6 +54,9 @@ def _run_phases(recipe: Recipe, run: RunDir, device: str | None, data_root: str 
     ctx = RunContext(recipe, run, data_for_recipe(recipe, data_root), resolve_device(device or recipe.device),
                      progress)
     preflight(ctx)
+    if distributed.is_main():
+        run.begin(to_toml(recipe))
+    distributed.barrier()
     started = time.perf_counter()
     teacher = teacher_phase(ctx)
     student = student_phase(ctx, teacher)

@@ -91,7 +91,9 @@ class RunDir:
             os.close(fd)  # releases the lock
 
     def prepare(self, recipe_text: str, resume: bool) -> None:
-        """Start a new run here, or check that `--resume` continues the same recipe."""
+        """Check that a new run may start here, or that `--resume` continues the same recipe.
+        Nothing is written but the folder itself: `begin` records the recipe once the preflight
+        passed, so a recipe that fails it can be fixed and run again into the same --out."""
         self._create()
         started = self.recipe.exists()
         if started and not resume:
@@ -105,6 +107,9 @@ class RunDir:
             raise DistillError(f"run directory {self.path} holds {', '.join(foreign)} but no recipe.toml, so "
                                "they belong to no run this one can continue (nothing there is reused); "
                                "expected a new or empty --out")
+
+    def begin(self, recipe_text: str) -> None:
+        """Record the resolved recipe: from now on this directory holds this run."""
         atomic_write_text(self.recipe, recipe_text)
 
     def _create(self) -> None:

@@ -104,3 +104,15 @@ def test_a_run_whose_last_batch_has_one_sample_trains(tmp_path, monkeypatch, cap
                       "--set", "student.model=preflight_models:bn_mlp", "--set", "student.options={}",
                       "--set", "distill.terms=[{loss='kd'}]"], capsys)
     assert code == 0, text
+
+
+def test_a_recipe_that_failed_the_preflight_can_be_fixed_and_run_into_the_same_directory(tmp_path, capsys):
+    """The preflight's failure leaves no half-started run behind: the corrected recipe starts there
+    as a new run (it used to be refused as "already holds a run", and with --resume as "different")."""
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    args = ["run", str(tmp_path / "recipe.toml"), "--out", str(tmp_path / "run"), "-q"]
+    code, text = cli([*args, "--set", "distill.ce_weight=0", "--set", "distill.terms=[]"], capsys)
+    assert code == 2 and "nothing would teach the student" in text, text
+    code, text = cli(args, capsys)
+    assert code == 0, text
+    assert (tmp_path / "run" / "recipe.toml").exists() and (tmp_path / "run" / "student.pt").exists()
