@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .errors import DistillError
+from .files import atomic_write, atomic_write_text
 from .taps import LOGITS, check_path
 from .train import make_loader
 
@@ -281,7 +282,7 @@ def write_probe_report(result: ProbeResult, out_dir: str | Path, title: str = ""
     except OSError as e:
         raise DistillError(f"cannot write to {out}: {e.strerror}; expected a writable --out directory") from e
     json_path, png_path = out / "probe.json", out / "probe.png"
-    json_path.write_text(json.dumps({"title": title, **result.to_dict()}, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps({"title": title, **result.to_dict()}, indent=2) + "\n")
 
     names = [s.layer for s in result.scores]
     fig = Figure(figsize=(max(4.5, 0.9 * len(names) + 2), 3.6))
@@ -301,5 +302,5 @@ def write_probe_report(result: ProbeResult, out_dir: str | Path, title: str = ""
     for label in ax.get_xticklabels():
         label.set_horizontalalignment("right")
     fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
+    atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=120))
     return json_path, png_path

@@ -15,9 +15,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
         lines.append(f"{role:<10} {m['test_accuracy']:>9.4f} {si(m['params']):>10} {si(m['macs']):>10} "
                      f"{m.get('epochs', 0):>7}")
     if "teacher" in metrics and "student" in metrics:
-        t, s = metrics["teacher"], metrics["student"]
-        lines.append(f"student is {t['params'] / max(s['params'], 1):.1f}x smaller and needs "
-                     f"{t['macs'] / max(s['macs'], 1):.1f}x fewer MACs than the teacher")
+        lines.append(_size_line(metrics["teacher"], metrics["student"]))
     if "gain" in metrics:
         g = metrics["gain"]
         paired = ", paired" if g.get("test") else ""
@@ -28,7 +26,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
                          f"points WORSE than the same student trained on labels alone{noise}")
         else:
             lines.append(f"distillation gain over the baseline: {g['accuracy_points']:+.2f} points{noise}")
-    if "pruned" in metrics:
+    if "pruned" in metrics and {"macs_ratio", "macs_target", "accuracy_after_pruning", "recovery"} <= set(metrics["pruned"]):
         p = metrics["pruned"]
         miss = "" if p.get("on_target", True) else ", OFF target by more than 5%"
         lines.append(f"pruned student: {100 * p['macs_ratio']:.1f}% of the student's MACs (target "
@@ -37,3 +35,12 @@ def summary_table(metrics: dict[str, Any]) -> str:
     if "bench" in metrics:
         lines.append("latency, throughput and accuracy of every artefact: bench.md (plot: bench.png)")
     return "\n".join(lines)
+
+
+def _size_line(t: dict[str, Any], s: dict[str, Any]) -> str:
+    """How much smaller and cheaper the student is; and the true thing when it is not."""
+    size = (f"is {t['params'] / max(s['params'], 1):.1f}x smaller" if s["params"] <= t["params"]
+            else f"has {s['params'] / max(t['params'], 1):.2f}x the teacher's parameters")
+    if s["macs"] <= t["macs"]:
+        return f"student {size} and needs {t['macs'] / max(s['macs'], 1):.1f}x fewer MACs than the teacher"
+    return f"student {size} and needs {s['macs'] / max(t['macs'], 1):.2f}x the teacher's MACs"

@@ -234,13 +234,22 @@ def _load_resume_state(path: Path, module: nn.Module, optimizer: torch.optim.Opt
                        scaler: torch.amp.GradScaler) -> list[dict[str, Any]]:
     """Restore what `_save_resume_state` wrote; returns the history so far (one row per epoch)."""
     state = safe_load(path)
-    for key, part in _trainable(module).items():
-        part.load_state_dict(state[key])
-    optimizer.load_state_dict(state["optimizer"])
-    if state.get("scaler"):  # empty when saved without fp16 scaling (CPU, bf16, fp32)
-        scaler.load_state_dict(state["scaler"])
-    _set_rng_state(state["rng"])
-    return state["history"]
+    try:
+        for key, part in _trainable(module).items():
+            part.load_state_dict(state[key])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # empty when saved without fp16 scaling (CPU, bf16, fp32)
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        history = state["history"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise DistillError(f"resume file {path} does not fit what is being trained ({first[:200]}); expected "
+                           "the state this training wrote: delete it to restart from the first epoch") from e
+    if not isinstance(history, list):
+        raise DistillError(f"resume file {path} holds no list of epochs; expected the state this training "
+                           "wrote: delete it to restart from the first epoch")
+    return history
 
 
 def _step_module(module: nn.Module, data: Dataset, schedule: Schedule, device: torch.device,

@@ -134,3 +134,15 @@ def test_a_truncated_resume_file_is_refused_never_loaded(tmp_path):
     with pytest.raises(DistillError, match=r"state\.pt cannot be read: it is truncated.*expected a complete file"):
         fit(Supervised(build_model("mlp", 2, (1, 8, 8))), data, schedule, resume_path=state, resume=True,
             progress=False)
+
+
+def test_a_resume_file_of_another_model_is_one_line_naming_it_and_the_way_out(tmp_path):
+    """fit reads the end-of-epoch state it wrote; one written for another model (a teacher's head,
+    a wider student) is refused with the file and the recovery, not a load_state_dict traceback."""
+    data = TensorDataset(torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,)))
+    path = tmp_path / "state.pt"
+    fit(Supervised(build_model("small_cnn", 10, (1, 8, 8), width=8)), data, Schedule(epochs=1, batch_size=16),
+        resume_path=path, progress=False)
+    with pytest.raises(DistillError, match=r"resume file .*state.pt does not fit .* delete it to restart"):
+        fit(Supervised(build_model("small_cnn", 10, (1, 8, 8), width=4)), data, Schedule(epochs=2, batch_size=16),
+            resume_path=path, resume=True, progress=False)

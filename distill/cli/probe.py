@@ -108,6 +108,7 @@ def probe(source: str, layers: str | None, run_dir: Path | None, overrides: tupl
       distill probe recipes/imagefolder_resnet152_resnet18.toml --layers layer1,layer2,layer3,layer4
       distill probe quickstart --run runs/quickstart
     """
+    from ..files import refuse_overwrite
     from ..probe import default_layers, probe_layers, write_probe_report
     from ..settings import resolve_device
 
@@ -127,10 +128,13 @@ def probe(source: str, layers: str | None, run_dir: Path | None, overrides: tupl
         model, bundle, path = _from_recipe(source, list(overrides), run_dir, data_root, per_class, test_limit,
                                            trust_code)
         default_out = path.parent / f"{path.stem}_probe" if path else Path(f"{Path(source).stem}_probe")
+    report_dir = out or default_out
+    refuse_overwrite([("--out's probe.json", report_dir / "probe.json"), ("--out's probe.png", report_dir / "probe.png")],
+                     [source, data])
     chosen = _split_list(layers, "--layers") or default_layers(model)
     result = probe_layers(model, chosen, bundle.train_plain, bundle.test, val=bundle.val,
                           folds=folds, device=resolve_device(device))
-    json_path, png_path = write_probe_report(result, out or default_out,
+    json_path, png_path = write_probe_report(result, report_dir,
                                              title=f"linear probes: {path or source}")
     click.echo(result.table())
     click.echo(f"recommendation: {result.recommendation()}")

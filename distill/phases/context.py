@@ -126,7 +126,7 @@ class RunContext:
         if not path.exists():
             return None
         retrain = f"delete it to train the {role} phase again (then run again with --resume)"
-        card, history = _card_and_history(path, retrain)
+        card, history, info = _card_history_and_info(path, retrain)
         self.check_card(role, path, card, retrain)  # before building anything the file describes
         try:
             model = self.load(path)[0]
@@ -134,7 +134,7 @@ class RunContext:
             raise DistillError(f"{e}; {retrain}") from e
         model = model.to(self.device)
         if not _scored(self.metrics.get(role)):  # killed before metrics.json was written, or it was edited
-            self.score(role, model, history)
+            self.score(role, model, history, **info)
         self.history = [r for r in self.history if r.get("phase") != role] + history
         return model
 
@@ -150,12 +150,15 @@ class RunContext:
             raise DistillError(f"{path} is not this run's {role}: its card says {'; '.join(differ)}; "
                                f"expected the {role} this recipe trains: {retrain}")
 
-    def save(self, role: str, model: nn.Module, history: list[dict[str, Any]], card: ModelCard) -> None:
-        """The phase's checkpoint (rank 0); its resume file is no longer needed."""
+    def finish(self, role: str, model: nn.Module, history: list[dict[str, Any]], card: ModelCard,
+               **info: Any) -> None:
+        """Save the phase's checkpoint (rank 0) with its history and `info` (what metrics.json says
+        of the phase besides its scores, so a lost metrics.json is rebuilt whole), then score it."""
         if distributed.is_main():
-            save_checkpoint(self.run.checkpoint(role), model, card, extra={"history": history})
+            save_checkpoint(self.run.checkpoint(role), model, card, extra={"history": history, "info": info})
             self.run.resume_file(role).unlink(missing_ok=True)
         distributed.barrier()
+        self.score(role, model, history, **info)
 
     def score(self, role: str, model: nn.Module, history: list[dict[str, Any]], **extra: Any) -> None:
         """Evaluate a finished model on the test set and write its entry into metrics.json."""
@@ -187,8 +190,8 @@ def _scored(entry: Any) -> bool:
         isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool) for k in SCORE_KEYS)
 
 
-def _card_and_history(path: Path, retrain: str) -> tuple[ModelCard, list[dict[str, Any]]]:
-    """The card and per-epoch history a finished phase's checkpoint carries, checked as data."""
+def _card_history_and_info(path: Path, retrain: str) -> tuple[ModelCard, list[dict[str, Any]], dict[str, Any]]:
+    """The card, per-epoch history and phase info a finished phase's checkpoint carries, checked as data."""
     try:
         ckpt = safe_load(path)
     except DistillError as e:
@@ -197,13 +200,17 @@ def _card_and_history(path: Path, retrain: str) -> tuple[ModelCard, list[dict[st
         if ckpt.get("format") != FORMAT:
             raise ValueError(f"no '{FORMAT}' format tag")
         card, history = ModelCard.from_dict(ckpt["card"]), ckpt["extra"].get("history", [])
+        info = ckpt["extra"].get("info", {})
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise DistillError(f"{path} is not a checkpoint written by distill run ({type(e).__name__}: {e}); "
                            f"expected this run's own checkpoint: {retrain}") from e
     if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
         raise DistillError(f"checkpoint {path} holds a history that is not a list of epoch rows; "
                            f"expected this run's own checkpoint: {retrain}")
-    return card, history
+    if not isinstance(info, dict) or not all(isinstance(k, str) for k in info):
+        raise DistillError(f"checkpoint {path} holds phase info that is not a table; expected this run's "
+                           f"own checkpoint: {retrain}")
+    return card, history, info
 
 
 def _weights_mismatch(card: ModelCard, weights: Any) -> str | None:

@@ -36,9 +36,9 @@ def prune_phase(ctx: RunContext, student: nn.Module) -> nn.Module:
     schedule = Schedule(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr)
     with _recovery(ctx, student, model) as module:
         history = fit(module, ctx.train_set("student"), schedule, **ctx.fit_options("pruned"))
-    ctx.save("pruned", model, history, dataclasses.replace(ctx.card("student"), pruned=True))
-    ctx.score("pruned", model, history, recovery=spec.recovery, macs_target=spec.macs,
-              macs_ratio=report.ratio, on_target=report.on_target, accuracy_after_pruning=after_pruning)
+    ctx.finish("pruned", model, history, dataclasses.replace(ctx.card("student"), pruned=True),
+               recovery=spec.recovery, macs_target=spec.macs, macs_ratio=report.ratio, on_target=report.on_target,
+               accuracy_after_pruning=after_pruning)
     return model
 
 

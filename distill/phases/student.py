@@ -31,8 +31,7 @@ def student_phase(ctx: RunContext, teacher: nn.Module) -> nn.Module:
         data = _cached_train_set(ctx, teacher, terms) if ctx.recipe.distill.cache else ctx.train_set("student")
         history = fit(distiller, data, spec.schedule(), **ctx.fit_options("student"))
         connectors = sorted(distiller.connectors)
-    ctx.save("student", student, history, ctx.card("student"))
-    ctx.score("student", student, history, connectors=connectors)
+    ctx.finish("student", student, history, ctx.card("student"), connectors=connectors)
     return student
 
 
@@ -44,8 +43,7 @@ def baseline_phase(ctx: RunContext) -> nn.Module:
     model = ctx.build("student", ctx.recipe.student.weights)
     history = fit(Supervised(model), ctx.train_set("student"), ctx.recipe.student.schedule(),
                   **ctx.fit_options("baseline"))
-    ctx.save("baseline", model, history, ctx.card("student"))
-    ctx.score("baseline", model, history)
+    ctx.finish("baseline", model, history, ctx.card("student"))
     return model
 
 

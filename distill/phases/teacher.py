@@ -24,8 +24,7 @@ def teacher_phase(ctx: RunContext) -> nn.Module:
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise DistillError("the teacher diverged: its weights are no longer finite after training; "
                            "expected a lower teacher.lr (or pretrained teacher.weights)")
-    ctx.save("teacher", model, history, ctx.card("teacher"))
-    ctx.score("teacher", model, history, **info)
+    ctx.finish("teacher", model, history, ctx.card("teacher"), **info)
     return model
 
 
