@@ -232,3 +232,25 @@ def test_a_metrics_entry_without_its_figures_is_scored_again_from_the_checkpoint
     for role in ("teacher", "student"):
         assert rebuilt[role]["test_accuracy"] == metrics[role]["test_accuracy"]
     assert {p.name: p.read_bytes() for p in run.glob("*.pt")} == checkpoints, "reused, not trained again"
+
+
+def test_a_deleted_metrics_json_is_rebuilt_whole_from_the_checkpoints(tmp_path, capsys):
+    """What a phase reports besides its scores (the teacher's strategy, the student's connectors,
+    the pruned model's recovery and MACs ratio) travels in its checkpoint, so the rebuilt
+    metrics.json, and the summary printed from it, lose nothing."""
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE)
+    run = tmp_path / "run"
+    args = ["run", str(recipe), "--out", str(run), "-q", "--set", "prune.enabled=true", "--set", "prune.epochs=1",
+            "--set", "prune.macs=0.8"]
+    code, first = cli(args, capsys)
+    assert code == 0, first
+    before = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()
+    code, again = cli([*args, "--resume"], capsys)
+    assert code == 0, again
+    after = json.loads((run / "metrics.json").read_text())
+    for role, keys in {"teacher": ["strategy"], "student": ["connectors"],
+                       "pruned": ["recovery", "macs_ratio", "on_target", "accuracy_after_pruning"]}.items():
+        assert {k: after[role][k] for k in keys} == {k: before[role][k] for k in keys}, role
+    assert "pruned student:" in again
