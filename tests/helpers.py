@@ -20,6 +20,12 @@ def cli(argv: list[str], capsys) -> tuple[int, str]:
     return code, out.out + out.err
 
 
+def counted_over(accuracy: float, n: int) -> bool:
+    """Whether `accuracy` is k/n for a whole number k of `n` images: what a real count over the
+    test set gives (an average of batch accuracies, a constant or a loss would not)."""
+    return 0 <= accuracy <= 1 and abs(accuracy * n - round(accuracy * n)) < 1e-6
+
+
 def tiny_recipe(train_limit: int, test_limit: int, teacher_epochs: int, student_epochs: int) -> str:
     """A digits recipe small enough to run in seconds: CNN width 16 -> 4, KD + a stage3 hint."""
     return f"""

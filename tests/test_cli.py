@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import cli, image_folder
+from helpers import cli, counted_over, image_folder
+from distill.models import load_checkpoint
+from distill.models.stats import count_params
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
@@ -54,7 +56,8 @@ def test_every_shipped_recipe_runs_one_tiny_step(recipe, tmp_path, capsys):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
     for role in ("teacher", "student", "baseline"):
-        assert 0 <= metrics[role]["test_accuracy"] <= 1 and metrics[role]["params"] > 0
+        assert counted_over(metrics[role]["test_accuracy"], metrics["data"]["test"]), metrics[role]
+        assert metrics[role]["params"] == count_params(load_checkpoint(out / f"{role}.pt")[0])
 
 
 def test_quickstart_run_directory_summary_and_resume(tmp_path, capsys):

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from helpers import cli as run_cli
+from helpers import counted_over
 from distill.errors import DistillError
 from distill.models import ModelCard, build_model, save_checkpoint
 from distill.probe import (LayerScore, ProbeResult, default_layers, pooled_features, probe_layers,
@@ -61,8 +62,9 @@ def test_one_score_per_requested_layer_with_its_pooled_feature_size(cnn):
     depth_order = ["stage1", "stage2", "stage3", "classifier", "logits"]
     assert [s.layer for s in result.scores] == depth_order
     assert [s.feature_dim for s in result.scores] == [4, 8, 16, CLASSES, CLASSES]
-    for s in result.scores:
-        assert 0 <= s.train_accuracy <= 1 and 0 <= s.val_accuracy <= 1 and 0 <= s.test_accuracy <= 1
+    for s in result.scores:  # counts over the 60 training (held out in turn) and 30 test images
+        assert counted_over(s.train_accuracy, 60) and counted_over(s.val_accuracy, 60), s
+        assert counted_over(s.test_accuracy, 30), s
     assert result.best in layers
 
 
