@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import DistillError
-from .taps import LOGITS, FeatureTaps
+from .taps import LOGITS, FeatureTaps, check_path
 
 
 @dataclass
@@ -89,6 +89,9 @@ class Distiller(nn.Module):
         self.ce_weight = ce_weight
         for term in self.terms:  # registered so .to(device) moves loss buffers too
             self.add_module(f"loss_{term.name}", term.loss)
+        for term in self.terms:  # every path first: no hook is placed unless all of them exist
+            check_path(teacher, term.teacher, role="teacher")
+            check_path(student, term.student, role="student")
         self._teacher_taps = FeatureTaps(teacher, [t.teacher for t in terms], role="teacher")
         self._student_taps = FeatureTaps(student, [t.student for t in terms], role="student")
         try:

@@ -7,19 +7,33 @@ Gloo on CPU, NCCL on GPUs. In a single process every function here is a no-op.
 """
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
 
+from .errors import DistillError
 
-def init_from_env() -> None:
-    """Join the process group torchrun describes in the environment (once)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank())
-        dist.init_process_group(backend)
+
+# Rank 0 alone builds the teacher cache while the others wait at a barrier: at ImageNet size that
+# takes far longer than the default 10 minutes after which NCCL's watchdog would kill the waiters.
+TIMEOUT = datetime.timedelta(hours=6)
+
+
+def init_from_env(device: torch.device | str = "cpu") -> None:
+    """Join the process group torchrun describes in the environment (once): NCCL with one GPU per
+    process when the run trains on CUDA, gloo when it trains on the CPU (whatever GPUs exist)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    if torch.device(device).type == "cuda":
+        if local_rank() >= torch.cuda.device_count():
+            raise DistillError(f"process {local_rank()} has no GPU of its own: this machine has "
+                               f"{torch.cuda.device_count()}; expected --nproc at most that, or --device cpu")
+        torch.cuda.set_device(local_rank())
+        dist.init_process_group("nccl", timeout=TIMEOUT)
+    else:
+        dist.init_process_group("gloo", timeout=TIMEOUT)
 
 
 def active() -> bool:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import distributed
 from .files import refuse_overwrite
 from .model_data import data_for_recipe
@@ -30,7 +32,9 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, resume: bool = 
     Rank 0 holds the run directory's lock from start to end: a second process on the same
     directory is refused instead of overwriting this one's files.
     """
-    distributed.init_from_env()
+    dev = resolve_device(device or recipe.device)
+    distributed.init_from_env(dev)
+    dev = distributed.device_for_rank(dev)  # under torchrun: this process's own GPU
     run = RunDir(out or recipe.out or Path("runs") / recipe.name)
     with contextlib.ExitStack() as held:
         if distributed.is_main():
@@ -38,7 +42,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, resume: bool = 
             refuse_overwrite([("run file", p) for p in run.files()], _input_files(recipe))
             run.prepare(to_toml(recipe), resume)
         distributed.barrier()
-        return _run_phases(recipe, run, device, data_root, progress)
+        return _run_phases(recipe, run, dev, data_root, progress and distributed.is_main())
 
 
 def _input_files(recipe: Recipe) -> list[str]:
@@ -49,10 +53,9 @@ def _input_files(recipe: Recipe) -> list[str]:
     return [p for p in named if p]
 
 
-def _run_phases(recipe: Recipe, run: RunDir, device: str | None, data_root: str | None,
+def _run_phases(recipe: Recipe, run: RunDir, device: torch.device, data_root: str | None,
                 progress: bool) -> dict[str, Any]:
-    ctx = RunContext(recipe, run, data_for_recipe(recipe, data_root), resolve_device(device or recipe.device),
-                     progress)
+    ctx = RunContext(recipe, run, data_for_recipe(recipe, data_root), device, progress)
     preflight(ctx)
     if distributed.is_main():
         run.begin(to_toml(recipe))

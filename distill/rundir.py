@@ -99,7 +99,7 @@ class RunDir:
         if started and not resume:
             raise DistillError(f"run directory {self.path} already holds a run; expected --resume to "
                                "continue it, or a new --out")
-        if started and resume and _resolved(self.recipe.read_text()) != recipe_text:
+        if started and resume and _resolved(self._stored_recipe()) != recipe_text:
             raise DistillError(f"run directory {self.path} was started with a different recipe; "
                                f"expected the same recipe and --set values to resume (see {self.recipe})")
         foreign = [p.name for p in self.files() if p.exists()]
@@ -107,6 +107,16 @@ class RunDir:
             raise DistillError(f"run directory {self.path} holds {', '.join(foreign)} but no recipe.toml, so "
                                "they belong to no run this one can continue (nothing there is reused); "
                                "expected a new or empty --out")
+
+    def _stored_recipe(self) -> str:
+        """The text of this run's recipe.toml, or one line saying why it cannot be read."""
+        expected = "the recipe.toml this run wrote: restore it, or start a new --out"
+        ensure_readable(self.recipe, "run recipe", expected)
+        try:
+            return self.recipe.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DistillError(f"run recipe {self.recipe} cannot be read ({type(e).__name__}); expected "
+                               f"{expected}") from e
 
     def begin(self, recipe_text: str) -> None:
         """Record the resolved recipe: from now on this directory holds this run."""

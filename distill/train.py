@@ -120,7 +120,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        states = list(state["cuda"])[:torch.cuda.device_count()]  # resumed with fewer GPUs visible
+        for index, gpu_state in enumerate(states):
+            torch.cuda.set_rng_state(gpu_state, index)
 
 
 def _trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -166,7 +168,7 @@ def fit(module: nn.Module, train_data: Dataset, schedule: Schedule, *,
     each process sees its shard of every epoch, and only rank 0 writes the resume file and prints.
     """
     speed = speed or Speed(num_workers=num_workers)
-    distributed.init_from_env()
+    distributed.init_from_env(device)
     device = distributed.device_for_rank(torch.device(device))
     progress = progress and distributed.is_main()
     module.to(device)
@@ -242,7 +244,7 @@ def _load_resume_state(path: Path, module: nn.Module, optimizer: torch.optim.Opt
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         history = state["history"]
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise DistillError(f"resume file {path} does not fit what is being trained ({first[:200]}); expected "
                            "the state this training wrote: delete it to restart from the first epoch") from e
@@ -400,7 +402,7 @@ def _train_epoch(module: nn.Module, data: Dataset, schedule: Schedule, optimizer
         correct += (logits.detach().argmax(1) == targets).sum()
         for k, v in (*losses.items(), ("loss", loss)):
             sums[k] = sums.get(k, 0.0) + v.detach().float() * n
-        if progress and step % 10 == 0:
+        if progress and not bar.disable and step % 10 == 0:  # a bar on screen reads the loss: a sync
             bar.set_postfix(loss=f"{loss.item():.3f}")
     watch.check(desc, epoch)  # before the caller evaluates or saves this epoch's weights
     record: dict[str, Any] = {"phase": desc, "epoch": epoch + 1,

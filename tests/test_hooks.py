@@ -45,6 +45,10 @@ def test_a_distiller_that_fails_to_build_leaves_no_hook():
     with pytest.raises(DistillError):
         Distiller(teacher, student, bad, (1, 8, 8))
     assert hooks(teacher) == 0 and hooks(student) == 0
+    bad_student_path = [Term("hint", HintLoss(), student="no_such_layer", teacher="stage2")]
+    with pytest.raises(DistillError, match="no layer 'no_such_layer'"):  # the teacher's path was fine
+        Distiller(teacher, student, bad_student_path, (1, 8, 8))
+    assert hooks(teacher) == 0 and hooks(student) == 0
     three_classes = build_model("small_cnn", 3, (1, 8, 8), width=4)
     with pytest.raises(DistillError, match="same class count"):  # found after the hooks were placed
         Distiller(teacher, three_classes, terms(), (1, 8, 8))

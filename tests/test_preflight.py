@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import cli, tiny_recipe
+from distill.models import ModelCard, build_model, save_checkpoint
 from distill.train import NoSingletonBatches, make_loader
 
 RECIPE = tiny_recipe(train_limit=64, test_limit=32, teacher_epochs=1, student_epochs=1)
@@ -62,6 +63,10 @@ SETUPS = [
      "--set student.options={} --set distill.terms=[]", r"expected the same class count|expected logits of shape"),
     ("too few training images", "--set data.train_limit=1 --set data.test_limit=10",
      r"expected at least 2"),
+    ("a pruning hint on a layer the student lacks", "--set prune.enabled=true --set prune.hint_layers=['nope']",
+     r"student \(prune.hint_layers\) .* has no layer 'nope'"),
+    ("a student checkpoint of other classes", "--set student.checkpoint={five_classes}",
+     r"student.checkpoint .* predicts 5 classes.*expected a student trained on this data"),
 ]
 
 
@@ -70,10 +75,13 @@ def test_a_setup_that_would_fail_after_training_fails_before_it(overrides, messa
                                                                  capsys):
     (tmp_path / "preflight_models.py").write_text(USER_MODELS)
     (tmp_path / "recipe.toml").write_text(RECIPE)
+    five_classes = tmp_path / "five_classes.pt"
+    save_checkpoint(five_classes, build_model("small_cnn", 5, (1, 8, 8), width=4),
+                    ModelCard("small_cnn", 5, (1, 8, 8), kwargs={"width": 4}))
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
     code, text = cli(["run", str(tmp_path / "recipe.toml"), "--out", str(out), "-q",
-                      *shlex.split(overrides, posix=False)], capsys)
+                      *shlex.split(overrides.replace("{five_classes}", str(five_classes)), posix=False)], capsys)
     assert code == 2, text
     assert len(text.strip().splitlines()) == 1 and text.startswith("error: "), text
     assert "Traceback" not in text
@@ -116,3 +124,20 @@ def test_a_recipe_that_failed_the_preflight_can_be_fixed_and_run_into_the_same_d
     code, text = cli(args, capsys)
     assert code == 0, text
     assert (tmp_path / "run" / "recipe.toml").exists() and (tmp_path / "run" / "student.pt").exists()
+
+
+def test_a_given_teacher_checkpoint_is_benchmarked_and_a_given_student_exported(tmp_path, capsys):
+    """Phases skipped because the recipe gives their checkpoint still take part in export and bench
+    (the bench used to end, after all training, with "teacher is not among the artifacts")."""
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    first = tmp_path / "first"
+    code, text = cli(["run", str(tmp_path / "recipe.toml"), "--out", str(first), "-q"], capsys)
+    assert code == 0, text
+    code, text = cli(["run", str(tmp_path / "recipe.toml"), "--out", str(tmp_path / "again"), "-q",
+                      "--set", f"teacher.checkpoint={first / 'teacher.pt'}",
+                      "--set", f"student.checkpoint={first / 'student.pt'}", "--set", "baseline.enabled=false",
+                      "--set", "export.enabled=true", "--set", "bench.enabled=true", "--set", "bench.rounds=1"],
+                     capsys)
+    assert code == 0, text
+    bench = (tmp_path / "again" / "bench.md").read_text()
+    assert "teacher" in bench and "student.onnx" in bench

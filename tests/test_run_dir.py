@@ -254,3 +254,48 @@ def test_a_deleted_metrics_json_is_rebuilt_whole_from_the_checkpoints(tmp_path, 
                        "pruned": ["recovery", "macs_ratio", "on_target", "accuracy_after_pruning"]}.items():
         assert {k: after[role][k] for k in keys} == {k: before[role][k] for k in keys}, role
     assert "pruned student:" in again
+
+
+def rewrite_checkpoint(path: Path, change) -> None:
+    """Load a run checkpoint as data, let `change` edit the dict, save it back as torch would."""
+    ckpt = torch.load(path, weights_only=True)
+    change(ckpt)
+    torch.save(ckpt, path)
+
+
+EDITED_STATE = [
+    ("recipe.toml not UTF-8", lambda run: (run / "recipe.toml").write_bytes(b"name = \"\xff\xfe\"\n"),
+     r"run recipe .*recipe.toml cannot be read"),
+    ("recipe.toml a directory", lambda run: ((run / "recipe.toml").unlink(), (run / "recipe.toml").mkdir()),
+     r"run recipe .*recipe.toml is a directory"),
+    ("history rows that are not tables", lambda run: rewrite_checkpoint(
+        run / "teacher.pt", lambda c: c["extra"].update(history=[1, 2])), r"history that is not a list of epoch rows"),
+    ("seconds that are not a number", lambda run: rewrite_checkpoint(
+        run / "student.pt", lambda c: c["extra"].update(history=[{"seconds": "slow"}])),
+     r"history that is not a list of epoch rows"),
+    ("phase info holding a tensor", lambda run: rewrite_checkpoint(
+        run / "student.pt", lambda c: c["extra"].update(info={"connectors": torch.zeros(2)})),
+     r"phase info that is not a table of plain values"),
+]
+
+
+@pytest.mark.parametrize("edit, message", [c[1:] for c in EDITED_STATE], ids=[c[0] for c in EDITED_STATE])
+def test_state_edited_by_hand_is_one_line_on_resume(edit, message, finished, tmp_path, capsys):
+    recipe, source = finished
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    (run / "metrics.json").unlink()  # so the edited checkpoints are read and scored again
+    edit(run)
+    line = one_line_error(["run", str(recipe), "--out", str(run), "--resume", "-q"], capsys)
+    assert re.search(message, line), line
+
+
+def test_phase_info_never_overrides_a_measured_figure(finished, tmp_path, capsys):
+    recipe, source = finished
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    (run / "metrics.json").unlink()
+    rewrite_checkpoint(run / "student.pt", lambda c: c["extra"].update(info={"test_accuracy": 2.0, "model": 1}))
+    code, text = cli(["run", str(recipe), "--out", str(run), "--resume", "-q"], capsys)
+    assert code == 0, text
+    assert json.loads((run / "metrics.json").read_text())["student"]["test_accuracy"] <= 1

@@ -71,7 +71,7 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
             overrides = (*overrides, "trust_code=true")
         parsed = load_recipe(path, list(overrides))  # validate before starting processes
         if nproc > 1 and "LOCAL_RANK" not in os.environ:
-            _check_before_launch(parsed, device, data_root)
+            _check_before_launch(parsed, device, data_root, nproc)
             sys.exit(_relaunch_under_torchrun(nproc))
         metrics = run_recipe(parsed, out=out, resume=resume, device=device, data_root=data_root,
                              progress=not quiet)
@@ -82,13 +82,17 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
     click.echo(f"run directory: {out or parsed.out or Path('runs') / parsed.name}")
 
 
-def _check_before_launch(recipe: Recipe, device: str | None, data_root: str | None) -> None:
-    """What every rank would check first, checked once here: the device, and the data (its path,
-    classes and limits; a download happens here, once, not in every rank at the same time)."""
+def _check_before_launch(recipe: Recipe, device: str | None, data_root: str | None, nproc: int) -> None:
+    """What every rank would check first, checked once here: the device (one GPU per process),
+    and the data (its path, classes and limits; a download happens here, once, not in every rank)."""
+    import torch
+
     from ..model_data import data_for_recipe
     from ..settings import resolve_device
 
-    resolve_device(device or recipe.device)
+    if resolve_device(device or recipe.device).type == "cuda" and nproc > torch.cuda.device_count():
+        raise DistillError(f"--nproc {nproc} needs one GPU per process but this machine has "
+                           f"{torch.cuda.device_count()}; expected --nproc at most that, or --device cpu")
     data_for_recipe(recipe, data_root)
 
 

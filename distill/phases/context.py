@@ -106,7 +106,7 @@ class RunContext:
             state = safe_load(path)
         except DistillError as e:
             raise DistillError(f"{e}; {restart}") from e
-        if not isinstance(state, dict) or not RESUME_KEYS <= set(state) or not isinstance(state["history"], list):
+        if not isinstance(state, dict) or not RESUME_KEYS <= set(state) or not _is_history(state["history"]):
             raise DistillError(f"resume file {path} is not the end-of-epoch state distill writes; expected a "
                                f"dict with {', '.join(sorted(RESUME_KEYS))}: {restart}")
         # the student and baseline train the whole model; the teacher's strategy may train only a head
@@ -134,7 +134,7 @@ class RunContext:
             raise DistillError(f"{e}; {retrain}") from e
         model = model.to(self.device)
         if not _scored(self.metrics.get(role)):  # killed before metrics.json was written, or it was edited
-            self.score(role, model, history, **info)
+            self.score(role, model, history, info)
         self.history = [r for r in self.history if r.get("phase") != role] + history
         return model
 
@@ -158,10 +158,12 @@ class RunContext:
             save_checkpoint(self.run.checkpoint(role), model, card, extra={"history": history, "info": info})
             self.run.resume_file(role).unlink(missing_ok=True)
         distributed.barrier()
-        self.score(role, model, history, **info)
+        self.score(role, model, history, info)
 
-    def score(self, role: str, model: nn.Module, history: list[dict[str, Any]], **extra: Any) -> None:
-        """Evaluate a finished model on the test set and write its entry into metrics.json."""
+    def score(self, role: str, model: nn.Module, history: list[dict[str, Any]],
+              info: dict[str, Any] | None = None) -> None:
+        """Evaluate a finished model on the test set and write its entry into metrics.json, with
+        `info` (what else the phase reports) beside the measured figures, which always win."""
         shape = self.data.input_shape
         result = evaluate(model, self.data.test, self.device)
         entry = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
@@ -169,7 +171,7 @@ class RunContext:
                  "epochs": len(history), "train_seconds": round(sum(r.get("seconds", 0) for r in history), 1)}
         if history and "val_accuracy" in history[-1]:
             entry["val_accuracy"] = history[-1]["val_accuracy"]
-        self.metrics[role] = {**entry, **extra}
+        self.metrics[role] = {**(info or {}), **entry}
         self.history = [r for r in self.history if r.get("phase") != role] + history
         self.write()
 
@@ -204,13 +206,27 @@ def _card_history_and_info(path: Path, retrain: str) -> tuple[ModelCard, list[di
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise DistillError(f"{path} is not a checkpoint written by distill run ({type(e).__name__}: {e}); "
                            f"expected this run's own checkpoint: {retrain}") from e
-    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+    if not _is_history(history):
         raise DistillError(f"checkpoint {path} holds a history that is not a list of epoch rows; "
                            f"expected this run's own checkpoint: {retrain}")
-    if not isinstance(info, dict) or not all(isinstance(k, str) for k in info):
-        raise DistillError(f"checkpoint {path} holds phase info that is not a table; expected this run's "
-                           f"own checkpoint: {retrain}")
+    if not isinstance(info, dict) or not all(isinstance(k, str) and _is_plain(v) for k, v in info.items()):
+        raise DistillError(f"checkpoint {path} holds phase info that is not a table of plain values; "
+                           f"expected this run's own checkpoint: {retrain}")
     return card, history, info
+
+
+def _is_history(rows: Any) -> bool:
+    """A list of per-epoch rows as fit writes them: tables of plain values with numeric seconds."""
+    return isinstance(rows, list) and all(
+        isinstance(r, dict) and all(isinstance(k, str) and _is_plain(v) for k, v in r.items())
+        and isinstance(r.get("seconds", 0), (int, float)) for r in rows)
+
+
+def _is_plain(value: Any) -> bool:
+    """A value metrics.json can hold as it is: a string, number, boolean, None, or a list of them."""
+    if isinstance(value, list):
+        return all(_is_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def _weights_mismatch(card: ModelCard, weights: Any) -> str | None:

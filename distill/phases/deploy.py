@@ -17,8 +17,8 @@ def export_phase(ctx: RunContext) -> dict[str, Path]:
     spec, onnx_files = ctx.recipe.export, {}
     if not distributed.is_main():
         return onnx_files
-    for role in _finished(ctx, STUDENTS):
-        model, card = ctx.load(ctx.run.checkpoint(role))
+    for role, checkpoint in _checkpoints(ctx, STUDENTS).items():
+        model, card = ctx.load(checkpoint)
         path = ctx.run.path / f"{role}.onnx"
         report = export_onnx(model, card, path, sample=take_batch(ctx.data.test, 32)[0], atol=spec.atol)
         ctx.metrics.setdefault("export", {})[role] = {
@@ -36,7 +36,7 @@ def bench_phase(ctx: RunContext, onnx_files: dict[str, Path]) -> None:
     """bench.json/md/png: every checkpoint and ONNX file of the run, timed against the teacher."""
     if not distributed.is_main():
         return
-    artifacts = {role: ctx.run.checkpoint(role) for role in _finished(ctx, ("teacher", "student", "baseline", "pruned"))}
+    artifacts = _checkpoints(ctx, ("teacher", "student", "baseline", "pruned"))
     artifacts.update({f"{name}.onnx": path for name, path in onnx_files.items()})
     b = ctx.recipe.bench
     result = benchmark(artifacts, teacher="teacher", batch_sizes=(1, b.batch_size), rounds=b.rounds,
@@ -45,6 +45,13 @@ def bench_phase(ctx: RunContext, onnx_files: dict[str, Path]) -> None:
     ctx.metrics["bench"] = {"file": "bench.json", "teacher_runtime": result.teacher_runtime}
 
 
-def _finished(ctx: RunContext, roles: tuple[str, ...]) -> list[str]:
-    """The roles of `roles` whose phase ran in this run and left its checkpoint."""
-    return [r for r in roles if r in ctx.metrics and ctx.run.checkpoint(r).exists()]
+def _checkpoints(ctx: RunContext, roles: tuple[str, ...]) -> dict[str, Path]:
+    """The checkpoint of each role of `roles` that this run has: the one the recipe gave
+    (`teacher.checkpoint`, `student.checkpoint`), else the one its phase left in the run directory."""
+    found = {}
+    for role in roles:
+        given = ctx.spec(role).checkpoint if role in ("teacher", "student") else None
+        path = Path(given) if given else ctx.run.checkpoint(role)
+        if role in ctx.metrics and path.exists():
+            found[role] = path
+    return found

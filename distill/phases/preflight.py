@@ -12,6 +12,7 @@ from torch import nn
 from ..data import take_batch
 from ..distiller import Distiller
 from ..errors import DistillError
+from ..taps import check_path
 from .context import RunContext
 
 
@@ -20,8 +21,11 @@ def preflight(ctx: RunContext) -> None:
     if len(ctx.data.train) < 2:
         raise DistillError(f"data {ctx.recipe.data.name!r} leaves {len(ctx.data.train)} training image(s); "
                            "expected at least 2 (check train_limit, per_class, classes and val_fraction)")
-    teacher = _teacher(ctx)
-    student = ctx.build("student")
+    teacher = _model(ctx, "teacher")
+    student = _model(ctx, "student")
+    if ctx.recipe.prune.enabled:  # the pruned student's hints read the same paths in both students
+        for path in ctx.recipe.prune.hint_layers:
+            check_path(student, path, role="student (prune.hint_layers)")
     images, labels = take_batch(ctx.train_set("student"), 2)
     images, labels = images.to(ctx.device), labels.to(ctx.device)
     for role, model in (("teacher", teacher), ("student", student)):
@@ -36,17 +40,18 @@ def preflight(ctx: RunContext) -> None:
             total.backward()
 
 
-def _teacher(ctx: RunContext) -> nn.Module:
-    """The teacher as the run will use it: its checkpoint (checked against the data), or built fresh."""
-    path = ctx.recipe.teacher.checkpoint
+def _model(ctx: RunContext, role: str) -> nn.Module:
+    """The teacher or student as the run will use it: its checkpoint (checked against the data), or
+    built fresh."""
+    path = ctx.spec(role).checkpoint
     if not path:
-        return ctx.build("teacher")
+        return ctx.build(role)
     model, card = ctx.load(path)
     if card.num_classes != ctx.data.num_classes or tuple(card.input_shape) != tuple(ctx.data.input_shape):
-        raise DistillError(f"teacher.checkpoint {path} takes inputs of shape {tuple(card.input_shape)} and "
+        raise DistillError(f"{role}.checkpoint {path} takes inputs of shape {tuple(card.input_shape)} and "
                            f"predicts {card.num_classes} classes, but data {ctx.recipe.data.name!r} gives "
                            f"{tuple(ctx.data.input_shape)} and {ctx.data.num_classes} classes; expected a "
-                           "teacher trained on this data (set data.channels / data.image_size to match)")
+                           f"{role} trained on this data (set data.channels / data.image_size to match)")
     return model.to(ctx.device)
 
 

@@ -20,7 +20,7 @@ def student_phase(ctx: RunContext, teacher: nn.Module) -> nn.Module:
     spec = ctx.recipe.student
     if spec.checkpoint:  # an already distilled student, e.g. to compare pruning recoveries
         model = ctx.load(spec.checkpoint)[0].to(ctx.device)
-        ctx.score("student", model, [], source=str(spec.checkpoint))
+        ctx.score("student", model, [], {"source": str(spec.checkpoint)})
         return model
     done = ctx.finished("student")
     if done is not None:

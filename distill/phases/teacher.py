@@ -31,7 +31,7 @@ def teacher_phase(ctx: RunContext) -> nn.Module:
 def given_teacher(ctx: RunContext, path: str) -> nn.Module:
     """`teacher.checkpoint`: an already trained teacher (the preflight checked it fits the data)."""
     model = ctx.load(path)[0].to(ctx.device)
-    ctx.score("teacher", model, [], source=str(path))
+    ctx.score("teacher", model, [], {"source": str(path)})
     return model
 
 
