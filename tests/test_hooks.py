@@ -73,3 +73,12 @@ def test_a_run_leaves_no_hook_on_any_model_it_distilled(tmp_path, monkeypatch, c
     assert code == 0, text
     assert len(made) >= 6  # preflight, student and pruned recovery each made one
     assert [hooks(m) for m in made] == [0] * len(made)
+
+
+def test_the_distiller_puts_the_student_and_connectors_on_the_teachers_device():
+    """On a GPU the teacher arrives on CUDA and the student was built on the CPU: the connector
+    probe then ran the teacher on a CPU tensor. The meta device stands in for the GPU here."""
+    teacher, student = pair()
+    with Distiller(teacher.to("meta"), student, terms(), (1, 8, 8)) as d:
+        assert {p.device.type for p in d.student.parameters()} == {"meta"}
+        assert {p.device.type for p in d.connectors.parameters()} == {"meta"}
