@@ -30,6 +30,7 @@ def safe_load(path: str | os.PathLike) -> Any:
     try:
         with warnings.catch_warnings():  # torch warns before refusing a non-torch pickle: one line is enough
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), None)

@@ -66,6 +66,11 @@ def build_model(arch: str, num_classes: int, input_shape: Sequence[int],
             raise
         raise DistillError(f"model {arch!r} rejected options {sorted(kwargs)}: {e}; expected the "
                            "keyword arguments of its constructor") from e
+    except (MemoryError, OverflowError, RuntimeError) as e:  # sizes no machine can hold
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise DistillError(f"model {arch!r} with options {kwargs or '{}'} for inputs {tuple(input_shape)} and "
+                           f"{num_classes} classes cannot be built ({first[:160]}); expected sizes that fit "
+                           "in memory") from e
 
 
 def _build_model(arch: str, num_classes: int, input_shape: Sequence[int],
