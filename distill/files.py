@@ -44,6 +44,10 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any], size: int | 
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except IsADirectoryError as e:  # the rename found a folder where the file goes
+            Path(tmp).unlink(missing_ok=True)
+            raise DistillError(f"cannot write {path}: it is a directory; expected a file there (move the "
+                               "folder away)") from e
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -30,7 +30,7 @@ from .data.transforms import check_stats
 from .errors import DistillError, did_you_mean
 from .losses import LOSSES, build_loss
 from .models.options import OptionError
-from .models.registry import available_models, build_model, small_input_models
+from .models.registry import BUILD_ARGUMENTS, available_models, build_model, small_input_models
 from .settings import Schedule, Speed, check_cache, check_device, check_prune
 from .strategy import STRATEGIES as TEACHER_STRATEGIES
 
@@ -342,6 +342,10 @@ def _build(cls: type, data: Any, path: str) -> Any:
     return cls(**kwargs)
 
 
+INT_LIMIT = 2 ** 31          # seeds, counts and sizes: what torch and numpy index with
+FLOAT32_MAX = 3.4028234e38   # rates and weights become float32 tensors
+
+
 def _convert(tp: Any, value: Any, path: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -362,10 +366,14 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is typing.Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value) if abs(value) <= FLOAT32_MAX else math.inf
     ok = isinstance(value, bool) if tp is bool else isinstance(value, tp) and not isinstance(value, bool)
     if not ok:
         raise DistillError(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
+    if tp is int and not -INT_LIMIT < value < INT_LIMIT:
+        raise DistillError(f"{path}: expected an integer smaller than 2^31 in size, got {_describe(value)}")
+    if tp is float and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        raise DistillError(f"{path}: expected a number within float32's range (+-3.4e38), got {_describe(value)}")
     return value
 
 
@@ -482,6 +490,11 @@ def _checked(where: str, check, *args: Any, **kwargs: Any) -> Any:
 
 def _check_model_spec(spec: ModelSpec, role: str) -> None:
     _checked(f"{role}.", spec.schedule)
+    for key in spec.options:
+        if key in BUILD_ARGUMENTS:
+            raise DistillError(f"{role}.options.{key}: expected a keyword argument of the model's constructor; "
+                               f"{key!r} is set by distill (num_classes and input_shape come from the data, "
+                               f"weights from {role}.weights)")
     _not_negative(spec.backbone_lr_scale, f"{role}.backbone_lr_scale")
     if spec.strategy is None:
         spec.strategy = "full" if spec.weights else "scratch"

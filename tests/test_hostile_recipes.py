@@ -75,6 +75,13 @@ def assert_refused(argv: list[str], capsys, *names: str) -> str:
     (["data.mean=[inf]"], "data.mean"),
     (["data.mean=[0.1, 0.2]"], "data.mean"),
     (["data.channels=1", "data.std=[0.2, 0.2, 0.2]"], "data.std"),
+    (["seed=9223372036854775807"], "seed"),
+    (["student.epochs=4294967296"], "student.epochs"),
+    (["teacher.lr=1e300"], "teacher.lr"),
+    (["distill.terms.0.weight=1e39"], "distill.terms.0.weight"),
+    (["teacher.options={width = 8, num_classes = 5}"], "teacher.options.num_classes"),
+    (["teacher.model=resnet18", "teacher.options={input_shape = [3, 8, 8]}"], "teacher.options.input_shape"),
+    (["student.options={width = 4, weights = 'DEFAULT'}"], "student.options.weights"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_values_that_make_no_sense_are_refused(recipe_file, capsys, overrides, key):
     argv = ["run", str(recipe_file)]

@@ -20,11 +20,10 @@ from torch import nn
 from ..errors import DistillError, did_you_mean
 from ..files import atomic_save
 from .loading import FORMAT, safe_load
-from .registry import build_model, is_factory_spec
+from .registry import BUILD_ARGUMENTS, build_model, is_factory_spec
 from .structure import capture_structure, restore_structure
 
 REQUIRED_CARD_KEYS = ("arch", "num_classes", "input_shape")
-BUILD_ARGUMENTS = ("arch", "num_classes", "input_shape", "weights")  # build_model's own: never model options
 PLAIN_TYPES = (str, int, float, bool, type(None))
 MAX_NESTING = 8  # kwargs nest lists and tables at most this deep
 

@@ -41,6 +41,9 @@ NO_MODEL_PACKAGES = frozenset({"numpy", "pandas", "scipy", "sklearn", "PIL", "ma
 MODEL_PACKAGES = frozenset({"torch", "torchvision", "distill", "torch_pruning"})
 
 
+BUILD_ARGUMENTS = ("arch", "num_classes", "input_shape", "weights")  # build_model's own: never model options
+
+
 def small_input_models() -> dict[str, Callable[..., nn.Module]]:
     """The small-input (32x32) family of the CRD/DKD papers, by name."""
     return CIFAR_MODELS
