@@ -150,6 +150,8 @@ def test_npz_loads_grey_or_colour_with_statistics_from_training_images(tmp_path)
     ({"x_train": np.zeros((40, 32), np.uint8)}, "shape (40, 32); expected (N, H, W)"),
     ({"y_test": np.full(20, 0.5)}, "expected non-negative integer labels"),
     ({"x_test": np.zeros((20, 16, 16, 3), np.uint8)}, "expected the same shape"),
+    ({"y_test": np.full(20, 10 ** 9, np.int64)}, "label 1000000000 found among 40 training images"),
+    ({"y_train": np.arange(40, dtype=np.int64) * 7}, "label 273 found among 40 training images"),
 ])
 def test_malformed_npz_is_a_distill_error_saying_what_was_expected(tmp_path, override, expected):
     write_keras_npz(tmp_path / "bad.npz", **override)

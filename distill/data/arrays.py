@@ -59,6 +59,9 @@ def npz(path: str | Path | None) -> Raw:
         raise DistillError(f"dataset 'npz' needs a path; expected an .npz file in {LAYOUT}")
     x_train, y_train, x_test, y_test = read_npz(Path(path))
     k = int(max(y_train.max(), y_test.max())) + 1
+    if k > len(y_train):  # a label of 10**9 would ask for a billion-way classifier
+        raise DistillError(f"{path}: label {k - 1} found among {len(y_train)} training images; expected "
+                           "labels 0..K-1 that number the classes, with fewer classes than training images")
     mean, std = _stats(x_train)
     return _raw(Path(path), x_train, y_train, x_test, y_test, [str(i) for i in range(k)], mean, std)
 
