@@ -125,6 +125,9 @@ def _image_folders(f: Path) -> None:
         root = image_folder(f / name, classes=2, per_class=2, size=16)
         victim = root / "val" / "class0" / "0.png"
         victim.write_bytes(content if content is not None else victim.read_bytes()[:70])
+    pipe = image_folder(f / "pipe", classes=2, per_class=2, size=16) / "val" / "class0" / "0.png"
+    pipe.unlink()
+    os.mkfifo(pipe)  # named like an image; opening it would wait forever for a writer
     workers = image_folder(f / "bad_train", classes=2, per_class=4, size=16)
     victim = workers / "train" / "class1" / "2.png"
     victim.write_bytes(victim.read_bytes()[:70])
@@ -215,6 +218,8 @@ NONSENSE = [
     ("bench --warmup -1", "bench --teacher {F}/t.pt --student {F}/s.pt -o {O} --warmup -1", "--warmup"),
     ("bench --throughput-batch -4", "bench --teacher {F}/t.pt --student {F}/s.pt -o {O} --throughput-batch -4",
      "--throughput-batch"),
+    ("bench --throughput-batch 100000", "bench --teacher {F}/t.pt --student {F}/s.pt -o {O} --throughput-batch 100000",
+     "--throughput-batch"),
     ("bench --max-samples 0", "bench --teacher {F}/t.pt --student {F}/s.pt -o {O} --max-samples 0", "--max-samples"),
     ("bench --atol nan", "bench --teacher {F}/t.pt --student {F}/s.pt -o {O} --atol nan", "--atol"),
     ("prune --batch 0", "prune {F}/s.pt -o {O}/p.pt --batch 0", "--batch"),
@@ -261,6 +266,8 @@ ELSEWHERE = [
     ("truncated PNG", "export {F}/images.pt --data {F}/truncated -o {O}/m.onnx", r"cannot read image .*0\.png"),
     ("not an image", "export {F}/images.pt --data {F}/not_an_image -o {O}/m.onnx", r"cannot read image .*0\.png"),
     ("empty image file", "export {F}/images.pt --data {F}/empty_file -o {O}/m.onnx", r"cannot read image .*0\.png"),
+    ("a pipe named like an image", "export {F}/images.pt --data {F}/pipe -o {O}/m.onnx",
+     r"pipe/val/class0/0\.png is not a regular file"),
     ("truncated PNG read in a DataLoader worker", "run {F}/workers.toml --out {O}/run -q",
      r"^error: cannot read image .*bad_train/train/class1/2\.png \(image file is truncated\)"),
 ]

@@ -22,8 +22,9 @@ def _name(path: Path, taken: dict) -> str:
               help="Teacher checkpoint or ONNX file (default: RUN_DIR/teacher.pt).")
 @click.option("--student", "students", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Student checkpoint or ONNX file; repeat for several (added to RUN_DIR's).")
-@click.option("--throughput-batch", type=NON_NEGATIVE, default=16, show_default=True,
-              help="Batch size for the throughput figure (latency is always at batch 1); 0 skips it.")
+@click.option("--throughput-batch", type=click.IntRange(0, 4096), default=16, show_default=True,
+              help="Batch size for the throughput figure, at most 4096 (latency is always at batch 1); "
+                   "0 skips it.")
 @click.option("--threads", type=POSITIVE, default=None, help="Threads for both runtimes (default: physical cores).")
 @click.option("--rounds", type=POSITIVE, default=20, show_default=True, help="Interleaved timing rounds.")
 @click.option("--round-time", type=POSITIVE_NUMBER, default=0.2, show_default=True,

@@ -126,6 +126,9 @@ def imagefolder(path: str | Path | None) -> Raw:
     except FileNotFoundError as e:
         raise DistillError(f"no images found: {e}; expected one folder per class holding image "
                            "files") from e
+    for file, _ in (*train.samples, *test.samples):
+        if not Path(file).is_file():  # a pipe or a device named like an image would block the reader
+            raise DistillError(f"{file} is not a regular file; expected image files in the class folders")
     if train.classes != test.classes:
         only_train = sorted(set(train.classes) - set(test.classes))
         only_test = sorted(set(test.classes) - set(train.classes))
