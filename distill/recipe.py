@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .data.load import MAX_IMAGE_SIZE
 from .data.transforms import check_stats
 from .errors import DistillError, did_you_mean
 from .losses import LOSSES, build_loss
@@ -362,6 +363,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise DistillError(f"{path}: expected a table, got {_describe(value)}")
+        _check_plain(value, path)
         return value
     if tp is typing.Any:
         return value
@@ -375,6 +377,19 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is float and math.isfinite(value) and abs(value) > FLOAT32_MAX:
         raise DistillError(f"{path}: expected a number within float32's range (+-3.4e38), got {_describe(value)}")
     return value
+
+
+def _check_plain(value: Any, path: str) -> None:
+    """Options are passed to constructors: strings, numbers, booleans, lists and tables only (a TOML
+    date or time reaches no model or loss as anything it understands)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{path}.{i}")
+    elif not isinstance(value, (str, int, float, bool)):
+        raise DistillError(f"{path}: expected a string, number, boolean, list or table, got {_describe(value)}")
 
 
 def _is_list(tp: Any) -> bool:
@@ -453,6 +468,9 @@ def _check_paths(r: Recipe) -> None:
 def _check_data(d: DataSpec) -> None:
     if not 0 <= d.val_fraction < 1:
         raise DistillError(f"data.val_fraction: expected a fraction in [0, 1), got {d.val_fraction!r}")
+    for key, largest in (("image_size", MAX_IMAGE_SIZE), ("jitter", MAX_IMAGE_SIZE // 2)):
+        if (getattr(d, key) or 0) > largest:
+            raise DistillError(f"data.{key}: expected at most {largest} pixels, got {getattr(d, key)!r}")
     for key in ("image_size", "channels", "per_class", "train_limit", "test_limit", "num_classes"):
         _positive(getattr(d, key), f"data.{key}", integer=True)
     _not_negative(d.jitter, "data.jitter", integer=True)

@@ -16,6 +16,7 @@ from .errors import DistillError, did_you_mean
 
 CACHE_DTYPES = ("float16", "float32")
 PRUNE_IMPORTANCES = ("magnitude", "taylor", "lamp")
+MAX_WORKERS = 256  # data-loader processes; more only exhausts the machine
 
 
 @dataclass
@@ -94,8 +95,8 @@ class Speed:
     def __post_init__(self) -> None:
         if self.amp not in (None, *self.AMP):
             raise DistillError(f"amp: expected bf16 or fp16 (or no key), got {self.amp!r}")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise DistillError(f"num_workers: expected an integer >= 0, got {self.num_workers!r}")
+        if not isinstance(self.num_workers, int) or not 0 <= self.num_workers <= MAX_WORKERS:
+            raise DistillError(f"num_workers: expected an integer from 0 to {MAX_WORKERS}, got {self.num_workers!r}")
 
     def autocast(self, device: torch.device):
         if self.amp is None:

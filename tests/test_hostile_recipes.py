@@ -82,6 +82,12 @@ def assert_refused(argv: list[str], capsys, *names: str) -> str:
     (["teacher.options={width = 8, num_classes = 5}"], "teacher.options.num_classes"),
     (["teacher.model=resnet18", "teacher.options={input_shape = [3, 8, 8]}"], "teacher.options.input_shape"),
     (["student.options={width = 4, weights = 'DEFAULT'}"], "student.options.weights"),
+    (["teacher.model=resnet18", "teacher.options={zero_init_residual = 1979-05-27}"],
+     "teacher.options.zero_init_residual"),
+    (["distill.terms.0.options={temperature = 07:32:00}"], "distill.terms.0.options.temperature"),
+    (["data.image_size=100000"], "data.image_size"),
+    (["data.jitter=5000"], "data.jitter"),
+    (["data.num_workers=10000"], "data.num_workers"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_values_that_make_no_sense_are_refused(recipe_file, capsys, overrides, key):
     argv = ["run", str(recipe_file)]

@@ -22,6 +22,7 @@ from .transforms import ImageDataset, check_stats, convert_stats, imagenet_pipel
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn",
                              "npz", "imagefolder", "fake")
+MAX_IMAGE_SIZE = 4096  # pixels a side: a 100000-pixel square would need 40 GB per float image
 # train-time augmentation: (random-crop padding in pixels, horizontal flip); others get none
 AUGMENT = {"cifar10": (4, True), "cifar100": (4, True), "svhn": (4, False), "fake": (0, True)}
 
@@ -101,6 +102,10 @@ def load_data(name: str, *, root: str | Path | None = None, path: str | Path | N
         size = image_size if image_size and (image_size, image_size) != native else None
         pad, flip = AUGMENT.get(name, (0, False))
         pad = jitter or pad
+        side = size or min(native)
+        if jitter >= side:
+            raise DistillError(f"jitter={jitter} shifts {side}-pixel images out of the frame; expected "
+                               f"fewer than {side} pixels")
         eval_tf = tensor_pipeline(raw.max_value, channels, mean, std, size)
         train_tf = (tensor_pipeline(raw.max_value, channels, mean, std, size, pad, flip)
                     if augment and (pad or flip) else eval_tf)
@@ -158,6 +163,9 @@ def _check_args(val_fraction: float, **counts: int | None) -> None:
                                f"{'non-negative' if arg in zero_ok else 'positive'} integer")
     if counts["channels"] not in (None, 1, 3):
         raise DistillError(f"channels={counts['channels']}; expected 1 (grey) or 3 (RGB)")
+    for arg, largest in (("image_size", MAX_IMAGE_SIZE), ("jitter", MAX_IMAGE_SIZE // 2)):
+        if counts[arg] is not None and counts[arg] > largest:
+            raise DistillError(f"{arg}={counts[arg]}; expected at most {largest} pixels")
 
 
 def _check_classes(classes: list[int], names: list[str]) -> list[str]:
