@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from ..data.load import MAX_IMAGE_SIZE
 from ..errors import DistillError, did_you_mean
 from ..files import atomic_save
 from .loading import FORMAT, safe_load
@@ -112,8 +113,10 @@ def _arch(value: Any) -> str:
 
 
 def _input_shape(value: Any) -> tuple[int, int, int]:
-    ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_count(v) for v in value)
-    return tuple(_expect(value, ok, "card.input_shape", "3 positive integers (C, H, W)"))
+    ok = (isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_count(v) for v in value)
+          and value[0] in (1, 3) and max(value[1:]) <= MAX_IMAGE_SIZE)
+    return tuple(_expect(value, ok, "card.input_shape",
+                         f"(C, H, W) with C 1 or 3 and sides of at most {MAX_IMAGE_SIZE} pixels"))
 
 
 def _options(value: Any) -> dict[str, Any]:
