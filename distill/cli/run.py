@@ -202,8 +202,11 @@ def models(layers_of: str | None, input_shape: str) -> None:
     if layers_of:
         try:
             shape = tuple(int(v) for v in input_shape.split(","))
+            if len(shape) != 3 or min(shape) < 1 or shape[0] not in (1, 3) or max(shape[1:]) > 4096:
+                raise ValueError
         except ValueError:
-            raise DistillError(f"--input-shape {input_shape!r}: expected C,H,W such as 3,32,32") from None
+            raise DistillError(f"--input-shape {input_shape!r}: expected C,H,W such as 3,32,32 (C 1 or 3, "
+                               "sides of 1 to 4096 pixels)") from None
         model = build_model(layers_of, 10, shape)
         for path in module_paths(model):
             click.echo(f"{path:<40} {type(model.get_submodule(path)).__name__}")

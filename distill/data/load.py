@@ -87,6 +87,9 @@ def load_data(name: str, *, root: str | Path | None = None, path: str | Path | N
     mean = _stats("mean", mean, convert_stats(raw.mean, channels), channels)
     std = _stats("std", std, convert_stats(raw.std, channels), channels)
     class_names = raw.class_names if classes is None else _check_classes(classes, raw.class_names)
+    if len(class_names) < 2:
+        raise DistillError(f"dataset {name!r} has {len(class_names)} class ({', '.join(class_names)}); expected at "
+                           "least 2 classes to tell apart (check classes, or the data's labels)")
     if num_classes is not None and num_classes != len(class_names):
         raise DistillError(f"dataset {name!r} has {len(class_names)} classes, not num_classes="
                            f"{num_classes}; expected them to match")
