@@ -34,6 +34,7 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any], size: int | 
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
         except OSError as e:
             if is_disk_full(e):
                 raise
@@ -63,6 +64,12 @@ def disk_full_is_one_line(path: PathLike, size: int | None = None) -> Iterator[N
         if is_disk_full(e) and not isinstance(e, DistillError):  # an inner writer may have said it already
             raise _disk_error(Path(path), size) from e
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:

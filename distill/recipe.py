@@ -202,7 +202,11 @@ def find_recipe(name: str) -> Path:
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read, override and validate a recipe file."""
-    return recipe_from_dict(read_toml(path), overrides)
+    data = read_toml(path)
+    if not data:  # an empty file is a mistake, not a request for every default
+        raise DistillError(f"recipe {path} is empty; expected at least [data], [teacher] and [student] "
+                           "tables (see `distill recipes` for examples)")
+    return recipe_from_dict(data, overrides)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

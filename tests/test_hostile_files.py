@@ -385,3 +385,34 @@ def test_export_reports_the_opset_written_in_the_file_not_the_one_asked_for(file
     assert "opset 18 (17 was asked for" in text
     written = {o.domain: o.version for o in onnx.load(str(tmp_path / "m.onnx")).opset_import}
     assert written[""] == 18
+
+
+def test_sixteen_bit_grey_images_keep_their_contrast(tmp_path):
+    """PIL's convert("RGB") clips 16-bit pixels to 255: a 16-bit scan would train as a white page."""
+    from PIL import Image
+    from distill.data.sources import FolderSource
+    ramp = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "scan.png")
+    pixels = FolderSource([(str(tmp_path / "scan.png"), 0)]).image(0)
+    assert tuple(pixels.shape) == (3, 8, 8) and int(pixels.min()) == 0 and 200 < int(pixels.max()) <= 255
+    assert len(pixels.unique()) > 32, "the ramp is flattened"
+
+
+def test_written_files_get_the_usual_permissions_not_private_ones(tmp_path):
+    """Atomic writes go through mkstemp, which creates 0600 files: a shared run directory's
+    checkpoints would be unreadable to the rest of the team."""
+    from distill.files import atomic_write_text
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "metrics.json", "{}")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_empty_recipe_or_out_is_refused(tmp_path, capsys):
+    (tmp_path / "empty.toml").write_text("# nothing yet\n")
+    code, text = cli(["run", str(tmp_path / "empty.toml")], capsys)
+    assert code == 2 and "is empty; expected at least [data]" in text
+    code, text = cli(["run", "quickstart", "--out", ""], capsys)
+    assert code == 2 and "--out is empty" in text

@@ -64,6 +64,8 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
     from ..summary import summary_table
 
     with _user_errors_once_per_launch():
+        if out is not None and not out.strip():
+            raise DistillError("--out is empty; expected a directory for the run")
         if device is not None:
             check_device(device)
         path = find_recipe(recipe)

@@ -94,7 +94,7 @@ def read_npz(path: Path) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.nda
             raise DistillError(f"{path}: x_{split} has shape {x.shape}; expected (N, H, W) grey "
                                "or (N, H, W, 1 or 3) channels-last images")
         y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
-        if y.ndim != 1 or y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
+        if y.ndim != 1 or y.dtype.kind not in "iu" or (len(y) and (y.min() < 0 or y.max() >= 2 ** 31)):
             raise DistillError(f"{path}: y_{split} has shape {y.shape} and dtype {y.dtype}; "
                                "expected non-negative integer labels of shape (N,)")
         if len(x) != len(y):

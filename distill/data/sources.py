@@ -63,7 +63,7 @@ class FolderSource:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(path) as im:
-                    return F.pil_to_tensor(im.convert("RGB"))
+                    return F.pil_to_tensor(_eight_bit(im).convert("RGB"))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise DistillError(f"image {path} is too large to decode ({_first_line(e)}); expected at most "
                                f"{Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb, or an image to "
@@ -152,3 +152,13 @@ def digits() -> Raw:
     return Raw(TensorSource(x[train], y[train]), TensorSource(x[test], y[test]),
                [str(i) for i in range(10)], DIGITS_MEAN, DIGITS_STD, max_value=16.0)
 
+
+def _eight_bit(im):
+    """16- and 32-bit greyscale scaled to 0..255: PIL's convert("RGB") clips them, turning almost
+    every pixel of a 16-bit scan white."""
+    if im.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return im
+    from PIL import Image
+    pixels = np.asarray(im, dtype=np.float64)
+    top = 65535.0 if im.mode.startswith("I;16") or pixels.max(initial=0) <= 65535 else pixels.max()
+    return Image.fromarray(np.clip(pixels / max(top, 1e-12) * 255, 0, 255).round().astype(np.uint8), "L")

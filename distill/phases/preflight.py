@@ -47,6 +47,9 @@ def _model(ctx: RunContext, role: str) -> nn.Module:
     if not path:
         return ctx.build(role)
     model, card = ctx.load(path)
+    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+        raise DistillError(f"{role}.checkpoint {path} holds NaN or infinite weights; expected a trained "
+                           f"{role} (this one diverged or is damaged)")
     if card.num_classes != ctx.data.num_classes or tuple(card.input_shape) != tuple(ctx.data.input_shape):
         raise DistillError(f"{role}.checkpoint {path} takes inputs of shape {tuple(card.input_shape)} and "
                            f"predicts {card.num_classes} classes, but data {ctx.recipe.data.name!r} gives "
