@@ -202,9 +202,13 @@ def test_cli_probes_a_recipes_teacher_as_built_or_from_its_run(digits_checkpoint
     text = cli("probe", str(recipe), *common, "--out", str(tmp_path / "built"), capsys=capsys)
     assert "random features" in text  # the recipe's teacher has no pretrained weights
     assert json.loads((tmp_path / "built" / "probe.json").read_text())["scores"][0]["feature_dim"] == 24
-    cli("probe", str(recipe), *common, "--run", str(digits_checkpoint.parent), capsys=capsys)
-    report = json.loads((digits_checkpoint.parent / "teacher_probe" / "probe.json").read_text())
-    assert report["scores"][0]["feature_dim"] == 16  # the run's width-4 teacher, not the recipe's
+    card = ModelCard("small_cnn", 10, (1, 8, 8), {"width": 6}, (0.3051,), (0.3761,))  # a run of this recipe
+    trained = tmp_path / "run6" / "teacher.pt"
+    save_checkpoint(trained, card.build(), card)
+    text = cli("probe", str(recipe), *common, "--run", str(trained.parent), capsys=capsys)
+    assert "random features" not in text  # the run's trained teacher, not the recipe's as built
+    report = json.loads((trained.parent / "teacher_probe" / "probe.json").read_text())
+    assert str(trained) in report["title"] and report["scores"][0]["feature_dim"] == 24
 
 
 @pytest.mark.parametrize("args, message", [
@@ -231,3 +235,22 @@ def test_cli_mistakes_on_a_recipe_are_one_line_errors(args, message, tmp_path, c
 def test_cli_help_shows_examples(capsys):
     text = cli("probe", "--help", capsys=capsys)
     assert "Examples:" in text and "--classes 5,6,7,8,9" in text and "--run runs/quickstart" in text
+
+
+def test_probe_run_refuses_a_run_directory_of_another_recipe(tmp_path, capsys):
+    """`--run DIR` probes DIR's trained teacher as the recipe's: a run of another recipe would be
+    probed, and reported, as if it were this one."""
+    other = ModelCard("small_cnn", 10, (1, 8, 8), kwargs={"width": 32})
+    (tmp_path / "run").mkdir()
+    save_checkpoint(tmp_path / "run" / "teacher.pt", other.build(), other)
+    (tmp_path / "r.toml").write_text('name = "r"\n[data]\nname = "digits"\n[teacher]\nmodel = "small_cnn"\n'
+                                     'options = { width = 16 }\n[student]\nmodel = "mlp"\n')
+    text = cli("probe", str(tmp_path / "r.toml"), "--run", str(tmp_path / "run"), capsys=capsys, expect=2)
+    assert "expected the --run directory of a run of this recipe" in text
+
+
+def test_a_checkpoint_without_the_usual_suffix_is_probed_as_a_checkpoint(tmp_path, capsys):
+    card = ModelCard("small_cnn", 10, (1, 8, 8), kwargs={"width": 4})
+    save_checkpoint(tmp_path / "teacher", card.build(), card)
+    text = cli("probe", str(tmp_path / "teacher"), capsys=capsys, expect=2)
+    assert "probing checkpoint" in text and "expected --data NAME" in text

@@ -56,7 +56,12 @@ def _from_recipe(recipe: str, overrides: list[str], run_dir: Path | None, data_r
         if not path.is_file():
             raise DistillError(f"run directory {run_dir} has no teacher.pt; expected the --out of a "
                                "`distill run` whose teacher phase finished")
-        return load_checkpoint(path, trust)[0], bundle, path
+        model, card = load_checkpoint(path, trust)
+        if (card.arch, card.kwargs) != (r.teacher.model, r.teacher.options):
+            raise DistillError(f"{path} is a {card.arch!r} with options {card.kwargs}, but the recipe's teacher is "
+                               f"a {r.teacher.model!r} with options {r.teacher.options}; expected the --run "
+                               "directory of a run of this recipe")
+        return model, bundle, path
     if r.teacher.checkpoint:
         return load_checkpoint(r.teacher.checkpoint, trust)[0], bundle, Path(r.teacher.checkpoint)
     if not r.teacher.weights:
@@ -112,7 +117,8 @@ def probe(source: str, layers: str | None, run_dir: Path | None, overrides: tupl
     from ..probe import default_layers, probe_layers, write_probe_report
     from ..settings import resolve_device
 
-    is_checkpoint = source.endswith(CHECKPOINT_SUFFIXES)
+    # a recipe is a .toml file or a shipped name; any other existing file is read as a checkpoint
+    is_checkpoint = source.endswith(CHECKPOINT_SUFFIXES) or (Path(source).is_file() and not source.endswith(".toml"))
     if is_checkpoint and (run_dir or overrides):
         raise DistillError("--run and --set apply to a recipe; expected a recipe as SOURCE, or a "
                            "checkpoint without them")
