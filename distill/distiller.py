@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import DistillError
+from .losses.labels import labelled_cross_entropy, with_teacher_labels
 from .taps import LOGITS, FeatureTaps, check_path
 
 
@@ -173,12 +174,15 @@ class Distiller(nn.Module):
         # significant digit, below bf16's resolution, and T^2 scales the rounding error up with them.
         losses: dict[str, Tensor] = {}
         with torch.autocast(images.device.type, enabled=False):
-            if self.ce_weight:
-                losses["ce"] = self.ce_weight * F.cross_entropy(_full_precision(logits), targets)
+            if self.ce_weight:  # unlabelled samples (label -1) are skipped one by one
+                losses["ce"] = self.ce_weight * labelled_cross_entropy(_full_precision(logits), targets)
             for term in self.terms:
                 s = _full_precision(compared[term.name])
                 t = t_out[term.teacher].to(s.dtype)
-                value = term.loss(s, t, targets) if getattr(term.loss, "needs_targets", False) else term.loss(s, t)
+                if getattr(term.loss, "needs_targets", False):  # DKD: the teacher's class where no label
+                    value = term.loss(s, t, with_teacher_labels(targets, t))
+                else:
+                    value = term.loss(s, t)
                 losses[term.name] = term.weight_at(self.epoch) * value
         return logits, losses
 

@@ -32,10 +32,29 @@ def paired_gain(student_correct: torch.Tensor, baseline_correct: torch.Tensor) -
     would vary by sqrt(b + c). Both models sharing the easy and the hard images makes this band
     narrower than `distillation_gain`'s, which has to treat the two accuracies as independent.
     """
-    n = max(len(student_correct), 1)
     b = int((student_correct & ~baseline_correct).sum())
     c = int((baseline_correct & ~student_correct).sum())
-    points, band = 100 * (b - c) / n, 100 * 1.96 * math.sqrt(b + c) / n
+    return _mcnemar(b, c, len(student_correct), "paired (McNemar)")
+
+
+def pooled_paired_gain(gains: list[dict[str, Any]]) -> dict[str, Any]:
+    """One verdict over several seeds' `paired_gain`s: McNemar on all their disagreements together.
+
+    Were distillation worth nothing, each image a student and its baseline disagree on would be
+    won by either with even odds, in every seed independently (each seed trains new models), so
+    sum(b) - sum(c) varies by sqrt(sum(b) + sum(c)). The pooled gain, (sum(b) - sum(c)) / sum(n),
+    is the mean of the seeds' gains; pooling narrows the band about sqrt(seeds) times, so a gain too
+    small for one seed can be significant over three. Like the one-seed test, it speaks for these
+    test images; the seeds vary the labelled subset, initial weights and order, not the test set.
+    """
+    b = sum(g["student_only_right"] for g in gains)
+    c = sum(g["baseline_only_right"] for g in gains)
+    return _mcnemar(b, c, sum(g["images"] for g in gains), f"pooled paired (McNemar over {len(gains)} seeds)")
+
+
+def _mcnemar(b: int, c: int, n: int, test: str) -> dict[str, Any]:
+    """The gain (b - c) / n in points, with the 95% band 1.96 sqrt(b + c) / n."""
+    points, band = 100 * (b - c) / max(n, 1), 100 * 1.96 * math.sqrt(b + c) / max(n, 1)
     return {"accuracy_points": round(points, 3), "noise_band_points": round(band, 3),
             "significant": abs(points) > band, "negative_transfer": points < 0,
-            "test": "paired (McNemar)", "student_only_right": b, "baseline_only_right": c}
+            "test": test, "student_only_right": b, "baseline_only_right": c, "images": n}

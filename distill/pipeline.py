@@ -1,4 +1,5 @@
-"""What `distill run` does with a recipe: teacher -> student (+ baseline) [-> prune -> export -> bench].
+"""What `distill run` does with a recipe: teacher -> student (+ baseline, pseudo-label student)
+[-> prune -> export -> bench], once, or once per seed with the results pooled.
 
 Every phase writes its checkpoint into the run directory when it finishes and is skipped when that
 checkpoint is already there, so `--resume` continues an interrupted run from the last complete epoch
@@ -8,6 +9,7 @@ arguments, and only the phases and this module read a Recipe.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,10 @@ from . import distributed
 from .files import refuse_overwrite
 from .model_data import data_for_recipe
 from .phases import (RunContext, baseline_phase, bench_phase, export_phase, gain_phase, preflight,
-                     prune_phase, student_phase, teacher_phase)
+                     prune_phase, pseudo_label_phase, student_phase, teacher_phase)
 from .recipe import Recipe, to_toml
 from .rundir import RunDir
+from .seeds import pool_seeds
 from .settings import resolve_device
 
 
@@ -36,6 +39,8 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, resume: bool = 
     distributed.init_from_env(dev)
     dev = distributed.device_for_rank(dev)  # under torchrun: this process's own GPU
     run = RunDir(out or recipe.out or Path("runs") / recipe.name)
+    if recipe.seeds > 1:
+        return _run_seeds(recipe, run, dev, resume, data_root, progress)
     with contextlib.ExitStack() as held:
         if distributed.is_main():
             held.enter_context(run.lock())
@@ -45,9 +50,32 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, resume: bool = 
         return _run_phases(recipe, run, dev, data_root, progress and distributed.is_main())
 
 
+def _run_seeds(recipe: Recipe, run: RunDir, device: torch.device, resume: bool, data_root: str | None,
+               progress: bool) -> dict[str, Any]:
+    """Every phase once per seed (seed, seed + 1, ...) into RUN/seed-N/, then the results pooled
+    into RUN/metrics.json. The top level records its recipe once the first seed has finished, so a
+    recipe that fails its preflight can be fixed and run again into the same --out."""
+    with contextlib.ExitStack() as held:
+        if distributed.is_main():
+            held.enter_context(run.lock())
+            run.prepare(to_toml(recipe), resume)
+        per_seed = {}
+        for seed in range(recipe.seed, recipe.seed + recipe.seeds):
+            if progress:
+                print(f"seed {seed} ({seed - recipe.seed + 1} of {recipe.seeds}) -> {run.seed_dir(seed)}")
+            one = dataclasses.replace(recipe, seed=seed, seeds=1, out=None)
+            per_seed[seed] = run_recipe(one, out=run.seed_dir(seed), resume=resume, device=str(device),
+                                        data_root=data_root, progress=progress)
+            if distributed.is_main():
+                if not run.recipe.exists():
+                    run.begin(to_toml(recipe))
+                run.write(pool_seeds(recipe.name, per_seed), [])
+        return pool_seeds(recipe.name, per_seed)
+
+
 def _input_files(recipe: Recipe) -> list[str]:
     """The files a recipe reads (weights, checkpoints, data), which the run must never overwrite."""
-    named = [recipe.data.path]
+    named = [recipe.data.path, recipe.data.unlabelled]
     for spec in (recipe.teacher, recipe.student):
         named += [spec.checkpoint, spec.weights]
     return [p for p in named if p]
@@ -65,6 +93,8 @@ def _run_phases(recipe: Recipe, run: RunDir, device: torch.device, data_root: st
     student = student_phase(ctx, teacher)
     if recipe.baseline.enabled:
         gain_phase(ctx, student, baseline_phase(ctx))
+    if recipe.baseline.pseudo_labels:
+        gain_phase(ctx, student, pseudo_label_phase(ctx, teacher), key="gain_over_pseudo_labels")
     if recipe.prune.enabled:
         prune_phase(ctx, student)
     onnx_files = export_phase(ctx) if recipe.export.enabled else {}

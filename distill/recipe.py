@@ -50,6 +50,8 @@ class DataSpec:
     channels: int | None = None
     classes: list[int] | None = None  # keep these labels only (relabelled 0..k-1)
     per_class: int | None = None      # keep N training examples per class
+    labelled_per_class: int | None = None  # keep the labels of N per class; the rest become unlabelled
+    unlabelled: str | None = None     # extra unlabelled images: an image folder or an .npz (x or x_train)
     train_limit: int | None = None
     test_limit: int | None = None
     mean: list[float] | None = None
@@ -123,9 +125,11 @@ class SpeedSpec:
 
 @dataclass
 class BaselineSpec:
-    """The same student trained from the labels alone, with the student's schedule."""
+    """The same student trained from the labels alone, with the student's schedule; and, with
+    `pseudo_labels`, trained on the teacher's hard top-1 labels over the distilled student's images."""
 
     enabled: bool = True
+    pseudo_labels: bool = False
 
 
 @dataclass
@@ -165,6 +169,7 @@ class Recipe:
     name: str = "run"
     description: str = ""
     seed: int = 0
+    seeds: int = 1                    # run every phase once per seed (seed, seed + 1, ...): RUN/seed-N/
     device: str = "auto"
     out: str | None = None            # run directory; default runs/<name>
     skip_nonfinite: bool = False      # skip (and count) steps with a NaN/inf loss instead of stopping
@@ -435,6 +440,7 @@ def _check(r: Recipe) -> None:
     check_device(r.device)
     _check_paths(r)
     _not_negative(r.seed, "seed", integer=True)
+    _positive(r.seeds, "seeds", integer=True)
     _check_data(r.data)
     for role in ("teacher", "student"):
         _check_model_spec(getattr(r, role), role)
@@ -460,7 +466,7 @@ def _check_paths(r: Recipe) -> None:
             or PureWindowsPath(name).drive):
         raise DistillError(f"name: expected a plain folder name, as the run goes to runs/<name> (no /, "
                            f"\\, NUL, drive, '.' or '..'; set out = '...' for another place), got {name!r}")
-    paths = {"out": r.out, "data.root": r.data.root, "data.path": r.data.path}
+    paths = {"out": r.out, "data.root": r.data.root, "data.path": r.data.path, "data.unlabelled": r.data.unlabelled}
     for role in ("teacher", "student"):
         spec = getattr(r, role)
         paths.update({f"{role}.weights": spec.weights, f"{role}.checkpoint": spec.checkpoint})
@@ -475,7 +481,8 @@ def _check_data(d: DataSpec) -> None:
     for key, largest in (("image_size", MAX_IMAGE_SIZE), ("jitter", MAX_IMAGE_SIZE // 2)):
         if (getattr(d, key) or 0) > largest:
             raise DistillError(f"data.{key}: expected at most {largest} pixels, got {getattr(d, key)!r}")
-    for key in ("image_size", "channels", "per_class", "train_limit", "test_limit", "num_classes"):
+    for key in ("image_size", "channels", "per_class", "train_limit", "test_limit", "num_classes",
+                "labelled_per_class"):
         _positive(getattr(d, key), f"data.{key}", integer=True)
     _not_negative(d.jitter, "data.jitter", integer=True)
     if d.classes is not None and (not d.classes or min(d.classes) < 0 or len(set(d.classes)) != len(d.classes)):

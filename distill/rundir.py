@@ -3,11 +3,13 @@
 A run directory is the unit users share (see ARCHITECTURE.md):
 
     recipe.toml        the resolved recipe (after --set)
-    teacher.pt student.pt baseline.pt [pruned.pt]   self-describing checkpoints
+    teacher.pt student.pt baseline.pt [pseudo.pt pruned.pt]   self-describing checkpoints
     history.csv        per-epoch metrics of every phase
     metrics.json       final metrics per role, the gain, the cache, export and bench summaries
     .ROLE.resume.pt    end-of-epoch state of a phase in progress (removed when it finishes)
     .lock              who holds the directory: one process per run directory at a time
+    seed-N/            with several seeds: one such run directory per seed; the top level then
+                       holds recipe.toml and the pooled metrics.json
 
 Every file here but `.lock` is written atomically (distill.files). Only a run's own files are
 reused: a directory that holds run files but no recipe.toml belongs to no run this one can continue.
@@ -36,7 +38,7 @@ try:
 except ImportError:  # Windows: no flock, no lock
     fcntl = None  # type: ignore[assignment]
 
-ROLES = ("teacher", "student", "baseline", "pruned")
+ROLES = ("teacher", "student", "baseline", "pseudo", "pruned")
 EXPORTED = ("student", "pruned")  # roles the export phase writes ONNX files for
 REPORTS = ("metrics.json", "history.csv", "bench.json", "bench.md", "bench.png", "teacher_cache")
 
@@ -55,6 +57,10 @@ class RunDir:
 
     def resume_file(self, role: str) -> Path:
         return self.path / f".{role}.resume.pt"
+
+    def seed_dir(self, seed: int) -> Path:
+        """The run directory of one seed of a multi-seed run."""
+        return self.path / f"seed-{seed}"
 
     def files(self) -> list[Path]:
         """Every file (and folder) a run may write here, and so may reuse on --resume."""

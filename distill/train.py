@@ -23,12 +23,14 @@ from tqdm.auto import tqdm
 from . import distributed
 from .errors import DistillError
 from .files import atomic_save
+from .losses.labels import IGNORE_LABEL, labelled_cross_entropy
 from .models import safe_load
 from .settings import Schedule, Speed
 
 
 class Supervised(nn.Module):
-    """Wraps a classifier so it trains like a Distiller without a teacher: loss = cross-entropy."""
+    """Wraps a classifier so it trains like a Distiller without a teacher: loss = cross-entropy
+    (over the labelled samples: a label of -1 marks an unlabelled image, which is skipped)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -39,7 +41,7 @@ class Supervised(nn.Module):
 
     def forward(self, images: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self.student(images)
-        return logits, {"ce": F.cross_entropy(logits, targets)}
+        return logits, {"ce": labelled_cross_entropy(logits, targets)}
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
@@ -372,7 +374,8 @@ def _train_epoch(module: nn.Module, data: Dataset, schedule: Schedule, optimizer
     module.train()
     loader = _loader(data, schedule, epoch, seed, speed, device)
     sums: dict[str, Tensor] = {}
-    correct, seen, skipped = torch.zeros((), device=device, dtype=torch.int64), 0, 0
+    correct, labelled = (torch.zeros((), device=device, dtype=torch.int64) for _ in range(2))
+    seen, skipped = 0, 0
     watch = _NonFiniteWatch()
     started = time.perf_counter()
     bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{schedule.epochs}", leave=False,
@@ -399,7 +402,8 @@ def _train_epoch(module: nn.Module, data: Dataset, schedule: Schedule, optimizer
         scaler.update()
         n = targets.numel()  # running sums stay on the device
         seen += n
-        correct += (logits.detach().argmax(1) == targets).sum()
+        correct += (logits.detach().argmax(1) == targets).sum()  # never equal to IGNORE_LABEL
+        labelled += (targets != IGNORE_LABEL).sum()
         for k, v in (*losses.items(), ("loss", loss)):
             sums[k] = sums.get(k, 0.0) + v.detach().float() * n
         if progress and not bar.disable and step % 10 == 0:  # a bar on screen reads the loss: a sync
@@ -408,7 +412,7 @@ def _train_epoch(module: nn.Module, data: Dataset, schedule: Schedule, optimizer
     record: dict[str, Any] = {"phase": desc, "epoch": epoch + 1,
                               "lr": schedule.lr * schedule.lr_factor(epoch + 1 - 1e-9)}
     record.update({k: float(v) / max(seen, 1) for k, v in sums.items()})
-    record["train_accuracy"] = float(correct) / max(seen, 1)
+    record["train_accuracy"] = float(correct) / max(int(labelled), 1)  # on the labelled samples
     record["skipped_steps"] = skipped
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record

@@ -16,7 +16,8 @@ from distill.models.stats import count_params
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
-TINY = ["teacher.epochs=1", "student.epochs=1", "teacher.batch_size=16", "student.batch_size=16"]
+TINY = ["teacher.epochs=1", "student.epochs=1", "teacher.batch_size=16", "student.batch_size=16",
+        "export.enabled=false", "bench.enabled=false"]
 
 
 def distill(*args: str, expect: int = 0, capsys=None) -> str:

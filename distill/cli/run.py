@@ -32,6 +32,10 @@ RANK_ERRORS_ENV = "DISTILL_RANK_ERRORS"
 @click.option("--device", default=None, metavar="DEVICE",
               help="Where to train: auto, cpu, cuda or cuda:N (default: the recipe's device, auto).")
 @click.option("--data-root", type=click.Path(), default=None, help="Folder with <dataset>.npz files (default: $DISTILL_DATA, else ~/.cache/distill/data).")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Run every phase once per seed (the recipe's seed, seed + 1, ...) into RUN/seed-N/, and report "
+                   "each model's accuracy as mean +- sd and the gain pooled over the seeds (the same as "
+                   "--set seeds=K).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with N processes (DistributedDataParallel): reruns itself under torchrun.")
@@ -39,7 +43,7 @@ RANK_ERRORS_ENV = "DISTILL_RANK_ERRORS"
               help="Let the recipe's checkpoints build any 'package.module:factory' model, running that code "
                    "(the same as --set trust_code=true): only for files you trust.")
 def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, device: str | None,
-        data_root: str | None, quiet: bool, nproc: int, trust_code: bool) -> None:
+        data_root: str | None, seeds: int | None, quiet: bool, nproc: int, trust_code: bool) -> None:
     """Train a teacher, distil it into a student, train the student alone as a baseline,
     and print what distillation bought.
 
@@ -49,13 +53,15 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
     Examples:
       distill run recipes/quickstart.toml
       distill run quickstart --set student.epochs=2 --out runs/try
+      distill run quickstart --seeds 3 --out runs/q3          # mean +- sd, pooled verdict
       DISTILL_DATA=~/data distill run recipes/mnist_hinton.toml --set teacher.epochs=1
       distill run recipes/mnist_hinton.toml --resume        # after an interruption
       distill run recipes/cifar10_vgg13_vgg8.toml --nproc 4  # 4 processes, DDP
       torchrun --nproc_per_node=4 -m distill run recipes/cifar10_vgg13_vgg8.toml   # the same
 
     The run directory holds recipe.toml (resolved), teacher.pt, student.pt, baseline.pt,
-    history.csv and metrics.json.
+    history.csv and metrics.json; with --seeds, one such directory per seed (seed-N/) and the
+    pooled metrics.json.
     """
     from .. import distributed
     from ..pipeline import run_recipe
@@ -71,6 +77,8 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
         path = find_recipe(recipe)
         if trust_code:
             overrides = (*overrides, "trust_code=true")
+        if seeds is not None:
+            overrides = (*overrides, f"seeds={seeds}")
         parsed = load_recipe(path, list(overrides))  # validate before starting processes
         if nproc > 1 and "LOCAL_RANK" not in os.environ:
             _check_before_launch(parsed, device, data_root, nproc)

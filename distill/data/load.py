@@ -3,8 +3,9 @@
 Order of operations, all deterministic for a given `seed`:
 official train/test -> `classes` (keep and relabel 0..k-1) -> `train_limit` / `test_limit`
 (the first N in data order, stratified) -> `per_class` (N random training images of each class)
--> `val_fraction` (a random stratified hold-out from what is left of train). Subsets keep the
-data's order. The test set is never used for choices.
+-> `val_fraction` (a random stratified hold-out from what is left of train) -> `labelled_per_class`
+(N random labelled images of each class; the rest of train becomes unlabelled) -> `unlabelled`
+(extra images without labels). Subsets keep the data's order. The test set is never used for choices.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from torch.utils.data import Dataset
 
 from ..errors import DistillError, did_you_mean
 from . import arrays, sources, splits
-from .transforms import ImageDataset, check_stats, convert_stats, imagenet_pipeline, tensor_pipeline
+from .transforms import ImageDataset, Source, check_stats, convert_stats, imagenet_pipeline, tensor_pipeline
+from .unlabelled import IGNORE_LABEL, JoinedSource, labelled_positions, unlabelled_source
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn",
                              "npz", "imagefolder", "fake")
@@ -31,15 +33,26 @@ AUGMENT = {"cifar10": (4, True), "cifar100": (4, True), "svhn": (4, False), "fak
 class DataBundle:
     """The splits of one dataset and what a model needs to know to consume them."""
 
-    train: Dataset              # with train-time augmentation when augment=True
+    train: Dataset              # labelled images, with train-time augmentation when augment=True
     val: Dataset | None         # carved from train, never augmented; None when val_fraction == 0
     test: Dataset               # the official test split, never used for choices
-    train_plain: Dataset         # the same samples as `train`, without augmentation
+    train_plain: Dataset        # the same samples as `train`, without augmentation
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, H, W) as the model sees it
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: list[str]
+    transfer: Dataset | None = None        # what the student distils on: `train` and the unlabelled
+    transfer_plain: Dataset | None = None  # images (label IGNORE_LABEL); `train` when there are none
+
+    def __post_init__(self) -> None:
+        self.transfer = self.train if self.transfer is None else self.transfer
+        self.transfer_plain = self.train_plain if self.transfer_plain is None else self.transfer_plain
+
+    @property
+    def unlabelled(self) -> int:
+        """How many images of the transfer set have no label."""
+        return len(self.transfer) - len(self.train)
 
 
 def data_root(root: str | Path | None = None) -> Path:
@@ -53,7 +66,8 @@ def load_data(name: str, *, root: str | Path | None = None, path: str | Path | N
               train_limit: int | None = None, test_limit: int | None = None,
               mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
               classes: list[int] | None = None, per_class: int | None = None, jitter: int = 0,
-              num_classes: int | None = None) -> DataBundle:
+              num_classes: int | None = None, labelled_per_class: int | None = None,
+              unlabelled: str | Path | None = None) -> DataBundle:
     """Load dataset `name` (one of DATASETS) as a DataBundle.
 
     `path`: the .npz file for 'npz' (or instead of the data root for a named dataset), the folder
@@ -62,13 +76,16 @@ def load_data(name: str, *, root: str | Path | None = None, path: str | Path | N
     training images by up to that many pixels (Hinton's jitter), replacing CIFAR/SVHN's pad-4 crop.
     `num_classes` sets the class count of 'fake' (default 10; 1000 train and 200 test images) and
     is checked against the data for the others. `mean`/`std` override the dataset's normalisation.
+    `labelled_per_class` keeps the labels of N random training images per class (from `seed`) and
+    moves the others into the unlabelled part of `transfer`; `unlabelled` adds the images of a
+    folder or an .npz there (see `distill.data.unlabelled`).
     """
     if name not in DATASETS:
         raise DistillError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; "
                            f"expected one of {', '.join(DATASETS)}")
     _check_args(val_fraction=val_fraction, image_size=image_size, channels=channels,
                 train_limit=train_limit, test_limit=test_limit, per_class=per_class, jitter=jitter,
-                num_classes=num_classes, seed=seed)
+                num_classes=num_classes, seed=seed, labelled_per_class=labelled_per_class)
     if name == "imagefolder" and jitter:
         raise DistillError("jitter does not apply to 'imagefolder', whose training images are "
                            "already randomly cropped; expected jitter=0")
@@ -94,6 +111,8 @@ def load_data(name: str, *, root: str | Path | None = None, path: str | Path | N
         raise DistillError(f"dataset {name!r} has {len(class_names)} classes, not num_classes="
                            f"{num_classes}; expected them to match")
     train, val, test = _select(raw, classes, train_limit, test_limit, per_class, val_fraction, seed)
+    train, transfer_source, transfer = _unlabelled(raw, train, labelled_per_class, unlabelled, seed,
+                                                   check_shape=name != "imagefolder")
 
     if name == "imagefolder":
         size = image_size or 224
@@ -118,7 +137,9 @@ def load_data(name: str, *, root: str | Path | None = None, path: str | Path | N
                       test=ImageDataset(raw.test, *test, eval_tf),
                       train_plain=ImageDataset(raw.train, *train, eval_tf),
                       num_classes=len(class_names), input_shape=input_shape, mean=mean, std=std,
-                      class_names=list(class_names))
+                      class_names=list(class_names),
+                      transfer=ImageDataset(transfer_source, *transfer, train_tf) if transfer else None,
+                      transfer_plain=ImageDataset(transfer_source, *transfer, eval_tf) if transfer else None)
 
 
 Part = tuple[np.ndarray, np.ndarray]  # (positions in a source, labels after relabelling)
@@ -150,6 +171,27 @@ def _select(raw: sources.Raw, classes: list[int] | None, train_limit: int | None
                            "an empty split; expected a fraction that gives both splits images")
     keep, held = splits.split(train[1], n_val, seed)
     return subset(train, keep), subset(train, held), test
+
+
+def _unlabelled(raw: sources.Raw, train: Part, labelled_per_class: int | None, unlabelled: str | Path | None,
+                seed: int, check_shape: bool) -> tuple[Part, Source, Part | None]:
+    """(labelled train, the transfer set's source, the transfer set) where some images have no
+    label; (train, raw.train, None) when every training image keeps its label."""
+    if labelled_per_class is None and unlabelled is None:
+        return train, raw.train, None
+    positions, labels = train[0], train[1].copy()
+    if labelled_per_class is not None:
+        keep = labelled_positions(labels, labelled_per_class, seed)
+        labels[np.setdiff1d(np.arange(len(labels)), keep)] = IGNORE_LABEL
+        train = (positions[keep], train[1][keep])
+    source = raw.train
+    if unlabelled is not None:
+        extra = unlabelled_source(unlabelled, raw, check_shape)
+        source = JoinedSource(raw.train, extra)
+        offset = len(raw.train.labels)
+        positions = np.concatenate([positions, offset + np.arange(len(extra.labels))])
+        labels = np.concatenate([labels, extra.labels])
+    return train, source, (positions, labels)
 
 
 def _check_args(val_fraction: float, **counts: int | None) -> None:

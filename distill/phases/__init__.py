@@ -3,8 +3,8 @@ from .context import RunContext
 from .deploy import bench_phase, export_phase
 from .preflight import preflight
 from .prune import prune_phase
-from .student import baseline_phase, gain_phase, student_phase
+from .student import baseline_phase, gain_phase, pseudo_label_phase, student_phase
 from .teacher import teacher_phase
 
 __all__ = ["RunContext", "baseline_phase", "bench_phase", "export_phase", "gain_phase", "preflight",
-           "prune_phase", "student_phase", "teacher_phase"]
+           "prune_phase", "pseudo_label_phase", "student_phase", "teacher_phase"]

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from .. import distributed
 from ..data import DataBundle
+from ..data.unlabelled import RepeatedDataset
 from ..distiller import Term
 from ..errors import DistillError
 from ..losses import build_loss
@@ -26,7 +27,7 @@ from ..train import evaluate
 
 RESUME_KEYS = {"epoch", "optimizer", "rng", "history"}  # what `fit` writes at the end of every epoch
 SCORE_KEYS = ("test_accuracy", "params", "macs")  # what the summary reads from a role's metrics entry
-WHOLE_MODEL = ("student", "baseline")  # roles whose resume file holds the weights of their card's model
+WHOLE_MODEL = ("student", "baseline", "pseudo")  # roles whose resume file holds their card's model's weights
 
 
 @dataclass
@@ -50,6 +51,7 @@ class RunContext:
         self.metrics = {**self.run.read_metrics(), **self.metrics,
                         "recipe": self.recipe.name, "device": str(self.device),
                         "data": {"name": self.recipe.data.name, "train": len(data.train),
+                                 "unlabelled": data.unlabelled,
                                  "val": len(data.val) if data.val is not None else 0, "test": len(data.test)}}
 
     # ------------------------------------------------------------------ models
@@ -82,9 +84,18 @@ class RunContext:
 
     # ------------------------------------------------------------------ training
     def train_set(self, role: str) -> Dataset:
-        """The training images of a role's phases (the student's are the baseline's and pruned
-        model's too): augmented as `data` says, or plain where the role sets `augment = false`."""
-        return self.data.train if self.spec(role).augment else self.data.train_plain
+        """The training images of a role's phase, augmented as `data` says, or plain where the role
+        sets `augment = false`. The teacher learns from the labelled images; the students (distilled,
+        pseudo-labelled, pruned) from the transfer set, labelled and unlabelled; the baseline from the
+        labelled images, cycled to the transfer set's length so that it takes as many steps."""
+        augment, d = self.spec(role).augment, self.data
+        labelled = d.train if augment else d.train_plain
+        if role == "teacher":
+            return labelled
+        transfer = d.transfer if augment else d.transfer_plain
+        if role == "baseline" and d.unlabelled:
+            return RepeatedDataset(labelled, len(transfer))
+        return transfer
 
     def fit_options(self, role: str) -> dict[str, Any]:
         """The keyword arguments of `fit` that every phase of this run shares."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import distributed
-from ..bench import benchmark, write_report
+from ..bench import BenchResult, benchmark, write_report
 from ..data import take_batch
 from ..export import export_onnx, quantize_int8
 from .context import RunContext, recipe_trust
@@ -42,7 +42,17 @@ def bench_phase(ctx: RunContext, onnx_files: dict[str, Path]) -> None:
     result = benchmark(artifacts, teacher="teacher", batch_sizes=(1, b.batch_size), rounds=b.rounds,
                        data=ctx.data.test, progress=ctx.progress, trust_code=recipe_trust(ctx.recipe))
     write_report(result, ctx.run.path)
-    ctx.metrics["bench"] = {"file": "bench.json", "teacher_runtime": result.teacher_runtime}
+    ctx.metrics["bench"] = {"file": "bench.json", "teacher_runtime": result.teacher_runtime,
+                            "speedups": _onnx_speedups(result)}
+
+
+def _onnx_speedups(result: BenchResult) -> dict[str, dict[str, float]]:
+    """Each exported student's ONNX Runtime latency against the teacher in its fastest runtime."""
+    batch = str(result.settings["latency_batch"])
+    teacher_p50 = result.row(result.teacher, result.teacher_runtime)["batches"][batch]["p50_ms"]
+    return {r["artifact"]: {"speedup": r["speedup_vs_teacher"], "p50_ms": r["batches"][batch]["p50_ms"],
+                            "teacher_p50_ms": teacher_p50, "batch": int(batch)}
+            for r in result.rows if r["artifact"].endswith(".onnx") and r["runtime"] == "ort"}
 
 
 def _checkpoints(ctx: RunContext, roles: tuple[str, ...]) -> dict[str, Path]:

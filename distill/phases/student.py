@@ -1,4 +1,5 @@
-"""The student phases: the distilled student, the same student on labels alone, and the gain."""
+"""The student phases: the distilled student, the same student on labels alone (and on the
+teacher's hard pseudo-labels), and the gains between them."""
 from __future__ import annotations
 
 import sys
@@ -11,6 +12,8 @@ from .. import distributed
 from ..cache import CachedTeacherDataset, TeacherCache, cache_key, draws_random_views
 from ..distiller import Distiller, Term
 from ..gain import paired_gain
+from ..losses.labels import PseudoLabelLoss
+from ..taps import LOGITS
 from ..train import Supervised, correct_predictions, fit
 from .context import RunContext
 
@@ -26,13 +29,27 @@ def student_phase(ctx: RunContext, teacher: nn.Module) -> nn.Module:
     if done is not None:
         return done
     student = ctx.build("student", spec.weights)
-    terms = ctx.terms()
-    with Distiller(teacher, student, terms, ctx.data.input_shape, ce_weight=ctx.recipe.distill.ce_weight) as distiller:
-        data = _cached_train_set(ctx, teacher, terms) if ctx.recipe.distill.cache else ctx.train_set("student")
-        history = fit(distiller, data, spec.schedule(), **ctx.fit_options("student"))
+    with Distiller(teacher, student, ctx.terms(), ctx.data.input_shape, ce_weight=ctx.recipe.distill.ce_weight) as distiller:
+        history = fit(distiller, _transfer_set(ctx, teacher), spec.schedule(), **ctx.fit_options("student"))
         connectors = sorted(distiller.connectors)
     ctx.finish("student", student, history, ctx.card("student"), connectors=connectors)
     return student
+
+
+def pseudo_label_phase(ctx: RunContext, teacher: nn.Module) -> nn.Module:
+    """The same student, from the same initial weights and on the same images, taught by the
+    teacher's hard top-1 classes instead of its soft targets (pseudo-labelling), with the same
+    cross-entropy on the true labels: what the soft targets add is the student's gain over it."""
+    done = ctx.finished("pseudo")
+    if done is not None:
+        return done
+    model = ctx.build("student", ctx.recipe.student.weights)
+    terms = [Term("pseudo_labels", PseudoLabelLoss())]
+    with Distiller(teacher, model, terms, ctx.data.input_shape, ce_weight=ctx.recipe.distill.ce_weight) as distiller:
+        history = fit(distiller, _transfer_set(ctx, teacher), ctx.recipe.student.schedule(),
+                      **ctx.fit_options("pseudo"))
+    ctx.finish("pseudo", model, history, ctx.card("student"))
+    return model
 
 
 def baseline_phase(ctx: RunContext) -> nn.Module:
@@ -41,25 +58,33 @@ def baseline_phase(ctx: RunContext) -> nn.Module:
     if done is not None:
         return done
     model = ctx.build("student", ctx.recipe.student.weights)
-    history = fit(Supervised(model), ctx.train_set("student"), ctx.recipe.student.schedule(),
+    history = fit(Supervised(model), ctx.train_set("baseline"), ctx.recipe.student.schedule(),
                   **ctx.fit_options("baseline"))
     ctx.finish("baseline", model, history, ctx.card("student"))
     return model
 
 
-def gain_phase(ctx: RunContext, student: nn.Module, baseline: nn.Module) -> None:
-    """What distillation bought: student vs baseline on the same test images (paired band)."""
-    ctx.metrics["gain"] = paired_gain(correct_predictions(student, ctx.data.test, ctx.device),
-                                      correct_predictions(baseline, ctx.data.test, ctx.device))
+def gain_phase(ctx: RunContext, student: nn.Module, other: nn.Module, key: str = "gain") -> None:
+    """What distillation bought: the student vs `other` (the baseline, or the pseudo-label student)
+    on the same test images, with the paired band; stored as metrics[key]."""
+    ctx.metrics[key] = paired_gain(correct_predictions(student, ctx.data.test, ctx.device),
+                                   correct_predictions(other, ctx.data.test, ctx.device))
 
 
-def _cached_train_set(ctx: RunContext, teacher: nn.Module, terms: list[Term]) -> Dataset:
+def _transfer_set(ctx: RunContext, teacher: nn.Module) -> Dataset:
+    """The images the students distil on, with the teacher's outputs from the cache when asked."""
+    return _cached_train_set(ctx, teacher) if ctx.recipe.distill.cache else ctx.train_set("student")
+
+
+def _cached_train_set(ctx: RunContext, teacher: nn.Module) -> Dataset:
     """The student's training set with the teacher's outputs read from the run's cache. Rank 0
-    builds (or reuses) the cache; the other ranks wait, then only open it, under the same key."""
+    builds (or reuses) the cache; the other ranks wait, then only open it, under the same key.
+    One cache serves the distilled and the pseudo-label student: it holds the logits for both."""
     d = ctx.recipe.distill
     started = time.perf_counter()
     train = ctx.train_set("student")
-    paths, directory = [t.teacher for t in terms], ctx.run.path / "teacher_cache"
+    paths = [t.teacher for t in d.terms] + ([LOGITS] if ctx.recipe.baseline.pseudo_labels else [])
+    directory = ctx.run.path / "teacher_cache"
     if distributed.is_main():
         if d.cache_views == 1 and draws_random_views(train, ctx.recipe.seed):
             print("warning: the training images are augmented but distill.cache_views = 1, so every image "
