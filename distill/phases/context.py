@@ -19,6 +19,7 @@ from ..models import ModelCard, build_model, load_checkpoint, safe_load, save_ch
 from ..models.loading import FORMAT
 from ..models.stats import count_macs, count_params
 from ..recipe import ModelSpec, Recipe
+from ..report import refresh_report, save_predictions
 from ..rundir import RunDir
 from ..settings import Speed
 from ..train import evaluate
@@ -165,7 +166,10 @@ class RunContext:
         """Evaluate a finished model on the test set and write its entry into metrics.json, with
         `info` (what else the phase reports) beside the measured figures, which always win."""
         shape = self.data.input_shape
-        result = evaluate(model, self.data.test, self.device)
+        result = evaluate(model, self.data.test, self.device, keep_predictions=True)
+        if distributed.is_main():  # for the report's per-class accuracy and agreement
+            save_predictions(self.run.path, role, result["predictions"].numpy(), result["labels"].numpy(),
+                             list(self.data.class_names))
         entry = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
                  "params": count_params(model), "macs": count_macs(model, shape),
                  "epochs": len(history), "train_seconds": round(sum(r.get("seconds", 0) for r in history), 1)}
@@ -176,8 +180,10 @@ class RunContext:
         self.write()
 
     def write(self) -> None:
+        """metrics.json and history.csv, then report.html refreshed from them."""
         if distributed.is_main():
             self.run.write(self.metrics, self.history)
+            refresh_report(self.run.path)
 
 
 def recipe_trust(recipe: Recipe) -> bool | Iterable[str]:
