@@ -22,6 +22,7 @@ from ..recipe import ModelSpec, Recipe
 from ..report import refresh_report, save_predictions
 from ..rundir import RunDir
 from ..settings import Speed
+from ..tblog import EpochScalars
 from ..train import evaluate
 
 
@@ -95,7 +96,8 @@ class RunContext:
                 "resume_path": self.run.resume_file(role), "resume": True,
                 "speed": Speed(amp=s.amp, channels_last=s.channels_last, compile=s.compile,
                                num_workers=self.recipe.data.num_workers),
-                "skip_nonfinite": self.recipe.skip_nonfinite, "desc": role, "progress": self.progress}
+                "skip_nonfinite": self.recipe.skip_nonfinite, "desc": role, "progress": self.progress,
+                **_epoch_log(self, role)}
 
     def check_resume_file(self, role: str) -> None:
         """Refuse a resume file that `fit` could not continue from, naming it and the way out."""
@@ -190,6 +192,14 @@ def recipe_trust(recipe: Recipe) -> bool | Iterable[str]:
     """The code a recipe's checkpoints may run to build their models: any factory with
     `trust_code = true`, else only the factories the recipe itself names for its teacher and student."""
     return recipe.trust_code or {recipe.teacher.model, recipe.student.model}
+
+
+def _epoch_log(ctx: RunContext, role: str) -> dict[str, Any]:
+    """`fit`'s on_epoch for `[log] tensorboard = true`: the phase's scalars under RUN/tb/ROLE (rank 0)."""
+    if not (ctx.recipe.log.tensorboard and distributed.is_main()):
+        return {}
+    epochs = ctx.recipe.prune.epochs if role == "pruned" else ctx.spec(role).epochs
+    return {"on_epoch": EpochScalars(ctx.run.path / "tb" / role, len(ctx.train_set(role)), epochs)}
 
 
 def _scored(entry: Any) -> bool:
