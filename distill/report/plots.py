@@ -71,9 +71,14 @@ def phase_curves(rows: list[dict[str, Any]], phase: str) -> str:
     fig, (loss_ax, acc_ax, lr_ax) = plt.subplots(1, 3, figsize=(12, 3.8))
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.92, wspace=0.3)
     epochs = [r.get("epoch", i + 1) for i, r in enumerate(rows)]
-    for key in loss_terms(rows):
+    terms = loss_terms(rows)
+    if len(terms) == 2 and terms[-1] == "loss":  # one term: it is the total, drawn once
+        terms = [("loss", f"{terms[0]} (the only term)")]
+    else:
+        terms = [(k, "total" if k == "loss" else k) for k in terms]
+    for key, label in terms:
         loss_ax.plot(epochs, [r.get(key, np.nan) for r in rows], marker="o", ms=3,
-                     lw=2.2 if key == "loss" else 1.4, label="total" if key == "loss" else key)
+                     lw=2.2 if key == "loss" else 1.4, label=label)
     _axes(loss_ax, f"{phase}: training loss", "loss (mean per image)")
     for key, label in (("train_accuracy", "train"), ("val_accuracy", "validation")):
         if any(key in r for r in rows):
@@ -117,8 +122,10 @@ def per_class(class_names: list[str], accuracy: dict[str, np.ndarray]) -> str:
             ax.plot(x, 100 * acc, "o", ms=3, label=role)
     if n <= 30:
         ax.set_xticks(x, [name[:12] for name in class_names], rotation=45 if n > 10 else 0, ha="right" if n > 10 else "center")
-    ax.set_ylim(0, 105)
-    _axes(ax, "test accuracy per class", "accuracy (%)", "class" if n <= 30 else "class index")
+    ax.set_ylim(0, 100)
+    _axes(ax, "", "accuracy (%)", "class" if n <= 30 else "class index")
+    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncol=len(accuracy), frameon=False)
+    ax.set_title("test accuracy per class", loc="left")
     return svg(fig)
 
 
