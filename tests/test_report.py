@@ -145,6 +145,41 @@ def test_a_report_that_cannot_be_drawn_warns_instead_of_stopping_the_run(tmp_pat
         assert refresh_report(tmp_path) is None
 
 
+def test_pruning_export_and_bench_results_get_their_sections_when_those_phases_ran(run, tmp_path):
+    deployed = copy_run(run, tmp_path / "deployed")
+    metrics = json.loads((deployed / "metrics.json").read_text())
+    metrics["pruned"] = {**metrics["student"], "macs_ratio": 0.48, "macs_target": 0.5, "on_target": True,
+                         "accuracy_after_pruning": 0.2, "recovery": "kd"}
+    metrics["export"] = {"student": {"file": "student.onnx", "bytes": 23394, "max_abs_diff": {"real": 3e-7}}}
+    metrics["bench"] = {"file": "bench.json", "teacher_runtime": "eager"}
+    (deployed / "metrics.json").write_text(json.dumps(metrics))
+    stats = lambda p50, throughput: {"p50_ms": p50, "throughput": throughput}  # noqa: E731
+    rows = [{"artifact": a, "runtime": "eager", "precision": "float32", "accuracy": metrics[a]["test_accuracy"],
+             "batches": {"1": stats(p50, 1000 / p50), "32": stats(4 * p50, 8000 / p50)}, "speedup_vs_teacher": s}
+            for a, p50, s in (("teacher", 0.8, 1.0), ("student", 0.1, 8.0))]
+    (deployed / "bench.json").write_text(json.dumps({"settings": {"latency_batch": 1, "batch_sizes": [1, 32]},
+                                                     "machine": {"cpu": "test cpu", "threads": 2}, "rows": rows}))
+    html = write_report(deployed).read_text()
+    assert "phases without results yet" not in html
+    for heading in ("Pruning", "ONNX export", "Speed (bench)"):
+        assert f"<h2>{heading}</h2>" in html
+    assert "<td>48.0%</td>" in html and "<td>student.onnx</td>" in html and "<td>0.100</td>" in html
+    assert "<td>8.00x</td>" in html and "accuracy vs median latency at batch 1" in html
+
+
+def test_the_report_is_refreshed_after_each_phase_so_a_run_stopped_midway_has_one(tmp_path, monkeypatch):
+    def stop(ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("distill.pipeline.baseline_phase", stop)
+    data = tomllib.loads(tiny_recipe(train_limit=60, test_limit=30, teacher_epochs=1, student_epochs=1))
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe_from_dict(data), out=tmp_path / "run", progress=False)
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "phases without results yet: baseline, gain" in html
+    assert {"teacher", "student"} <= {row for row, _ in cells(tmp_path / "run" / "report.html").values}
+
+
 # ----------------------------------------------------------------------------- several seeds
 
 
@@ -160,6 +195,7 @@ def test_a_multi_seed_run_gets_a_pooled_summary_and_a_report_per_seed(run, tmp_p
                "gain": {"accuracy_points": 1.5, "noise_band_points": 2.5, "significant": False,
                         "negative_transfer": False, "test": "pooled paired (McNemar over seeds)", "per_seed": [1.0, 2.0]}}
     (top / "metrics.json").write_text(json.dumps(metrics))
+    (top / "seed-0" / "recipe.toml").write_text('name = "tiny"\n[prune]\nenabled = true\n')
     for seed in (0, 1):
         (top / f"seed-{seed}" / "report.html").unlink()
     page = cells(write_report(top))
@@ -168,7 +204,8 @@ def test_a_multi_seed_run_gets_a_pooled_summary_and_a_report_per_seed(run, tmp_p
     assert page.values["gain", "accuracy_points"] == 1.5
     assert {"seed-0/report.html", "seed-1/report.html"} <= set(page.sources)
     assert all((top / f"seed-{seed}" / "report.html").is_file() for seed in (0, 1))
-    assert "phases without results yet: teacher" in (top / "report.html").read_text()
+    html = (top / "report.html").read_text()  # the seeds' recipe asks for pruning and a teacher
+    assert "phases without results yet: teacher, pruned" in html and "recipe.toml is missing" not in html
 
 
 # ----------------------------------------------------------------------------- distill report

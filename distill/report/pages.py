@@ -8,7 +8,7 @@ from ..errors import DistillError
 from ..models.stats import si
 from . import plots
 from .html import Cell, figure, link, page, para, percent, section, table
-from .rundata import MODEL_ROLES, RunData, read_run
+from .rundata import MODEL_ROLES, RunData, plain_name, read_run
 from .single import _num, gain_block, recipe, run_sections, status
 
 REPORT = "report.html"
@@ -113,9 +113,10 @@ def _labels(runs: list[RunData]) -> list[str]:
 
 
 def _first_seed(run: RunData) -> RunData:
-    if run.seeds and run.metrics["runs"]:
+    folders = seed_dirs(run) if run.seeds else []
+    if folders:
         try:
-            return read_run(run.path / str(run.metrics["runs"][0]))
+            return read_run(folders[0])
         except DistillError:  # a missing seed folder only costs the curves
             return run
     return run
@@ -129,7 +130,6 @@ def seed_dirs(run: RunData) -> list[Path]:
     """The seed folders a multi-seed metrics.json names, kept inside the run directory."""
     found = []
     for name in run.metrics.get("runs", []):
-        path = run.path / str(name)
-        if isinstance(name, str) and "/" not in name and "\\" not in name and name not in (".", "..") and path.is_dir():
-            found.append(path)
+        if plain_name(name) and (run.path / name).is_dir():
+            found.append(run.path / name)
     return found

@@ -81,7 +81,11 @@ def read_run(path: str | Path) -> RunData:
                            "expected the --out of `distill run` (e.g. runs/quickstart)")
     run = RunData(path)
     run.metrics = _json(path / "metrics.json", run.notes) or {}
-    run.recipe_text, run.recipe = _recipe(path / "recipe.toml", run.notes)
+    recipe = path / "recipe.toml"
+    seeds = [name for name in run.metrics.get("runs", []) if plain_name(name)] if run.seeds else []
+    if seeds and not recipe.is_file():  # the seeds share one recipe
+        recipe = path / seeds[0] / "recipe.toml"
+    run.recipe_text, run.recipe = _recipe(recipe, run.notes)
     run.history = _history(path / "history.csv", run.notes)
     if (path / "bench.json").is_file():
         run.bench = _json(path / "bench.json", run.notes)
@@ -90,6 +94,11 @@ def read_run(path: str | Path) -> RunData:
         run.notes.append("predictions.npz is missing or unreadable (a run made before reports existed?): "
                          "no per-class accuracy or agreement")
     return run
+
+
+def plain_name(name: object) -> bool:
+    """Whether a folder name read from metrics.json stays inside the run directory."""
+    return isinstance(name, str) and bool(name) and not any(c in name for c in "/\\\0") and name not in (".", "..")
 
 
 def _text(path: Path, notes: list[str]) -> str | None:
