@@ -49,13 +49,16 @@ class EpochScalars:
 
 def scalars(record: dict[str, Any], images: int) -> dict[str, float]:
     """The TensorBoard tags and values of one epoch's history row."""
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     out = {f"loss/{'total' if k == 'loss' else k}": float(v) for k, v in record.items()
-           if k not in NOT_SCALARS and number(v)}
+           if k not in NOT_SCALARS and _number(v)}
     for key, tag in (("train_accuracy", "accuracy/train"), ("val_accuracy", "accuracy/val"), ("lr", "lr"),
                      ("skipped_steps", "skipped_steps")):
-        if number(record.get(key)):
+        if _number(record.get(key)):
             out[tag] = float(record[key])
-    if number(record.get("seconds")) and record["seconds"] > 0:
+    if _number(record.get("seconds")) and record["seconds"] > 0:
         out["images_per_second"] = images / record["seconds"]
     return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -9,7 +9,7 @@ from ..models.stats import si
 from . import plots
 from .html import Cell, figure, link, page, para, percent, section, table
 from .rundata import MODEL_ROLES, RunData, plain_name, read_run
-from .single import _num, gain_block, recipe, run_sections, status
+from .single import gain_block, is_number, recipe, run_sections, status
 
 REPORT = "report.html"
 
@@ -30,15 +30,15 @@ def seeds_page(run: RunData, seeds: list[RunData]) -> str:
         rows.append([role, Cell(f"{percent(e.get('mean'))} ± {percent(e.get('sd'))}", e.get("mean"), "mean", role),
                      Cell(percent(e.get("sd")), e.get("sd"), "sd", role),
                      *(percent(a) for a in per_seed),
-                     Cell(si(e["params"]) if _num(e.get("params")) else "–", e.get("params"), "params", role),
-                     Cell(si(e["macs"]) if _num(e.get("macs")) else "–", e.get("macs"), "macs", role)])
+                     Cell(si(e["params"]) if is_number(e.get("params")) else "–", e.get("params"), "params", role),
+                     Cell(si(e["macs"]) if is_number(e.get("macs")) else "–", e.get("macs"), "macs", role)])
     parts = [para(f"{len(labels)} seeds ({', '.join(labels)}): test accuracy as mean ± standard deviation."),
              table(["model", "test accuracy (mean ± sd)", "sd", *(f"seed {s}" for s in labels), "params", "MACs"],
                    rows, "summary")]
     gain = m.get("gain")
     parts += gain_block(gain)
     if isinstance(gain, dict) and isinstance(gain.get("per_seed"), list):
-        parts.append(para("gain per seed (points): " + ", ".join(f"{p:+.2f}" for p in gain["per_seed"] if _num(p))))
+        parts.append(para("gain per seed (points): " + ", ".join(f"{p:+.2f}" for p in gain["per_seed"] if is_number(p))))
     body = [*status(run), section("Summary (pooled over seeds)", "summary", parts)]
     body.append(_overlaid_curves({f"seed {s.path.name.removeprefix('seed-')}": s for s in seeds}, "curves",
                                  "Training curves, seeds overlaid"))
@@ -59,14 +59,14 @@ def comparison_page(runs: list[RunData]) -> str:
         gain = run.metrics.get("gain") if isinstance(run.metrics.get("gain"), dict) else {}
         points, band = gain.get("accuracy_points"), gain.get("noise_band_points")
         rows.append([name, *(Cell(_shown(run, r), _accuracy(run, r), "test_accuracy", f"{name}/{r}") for r in roles),
-                     Cell(si(p) if _num(p := _entry(run, "student").get("params")) else "–", p, "params", f"{name}/student"),
-                     Cell(f"{points:+.2f} ± {band:.2f}" if _num(points) and _num(band) else "–", points,
+                     Cell(si(p) if is_number(p := _entry(run, "student").get("params")) else "–", p, "params", f"{name}/student"),
+                     Cell(f"{points:+.2f} ± {band:.2f}" if is_number(points) and is_number(band) else "–", points,
                           "accuracy_points", f"{name}/gain"),
                      "significant" if gain.get("significant") else ("not significant" if gain else "–")])
     parts = [table(["run", *(f"{r} accuracy" for r in roles), "student params", "gain (points ± band)", "verdict"],
                    rows, "comparison")]
     with_gain = [(n, r.metrics["gain"]) for n, r in zip(names, runs) if isinstance(r.metrics.get("gain"), dict)
-                 and _num(r.metrics["gain"].get("accuracy_points")) and _num(r.metrics["gain"].get("noise_band_points"))]
+                 and is_number(r.metrics["gain"].get("accuracy_points")) and is_number(r.metrics["gain"].get("noise_band_points"))]
     if with_gain:
         parts.append(figure(plots.gains([n for n, _ in with_gain], [g["accuracy_points"] for _, g in with_gain],
                                         [g["noise_band_points"] for _, g in with_gain]),
@@ -101,7 +101,7 @@ def _accuracy(run: RunData, role: str) -> Any:
 
 def _shown(run: RunData, role: str) -> str:
     e = _entry(run, role)
-    if run.seeds and _num(e.get("mean")):
+    if run.seeds and is_number(e.get("mean")):
         return f"{percent(e['mean'])} ± {percent(e.get('sd'))}"
     return percent(e.get("test_accuracy"))
 

@@ -52,7 +52,7 @@ def svg(fig: Any) -> str:
     fig.savefig(buf, format="svg", metadata={"Date": None})  # no bbox_inches="tight": it draws twice
     plt.close(fig)
     text = buf.getvalue()
-    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
+    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.DOTALL)
     return text[text.index("<svg"):]
 
 

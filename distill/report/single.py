@@ -13,7 +13,7 @@ from .html import Cell, figure, note, para, percent, pre, section, table
 from .rundata import MODEL_ROLES, RunData
 
 
-def _num(x: Any) -> bool:
+def is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
@@ -34,8 +34,8 @@ def summary(run: RunData) -> str:
         rows.append([role,
                      Cell(percent(m.get("test_accuracy")), m.get("test_accuracy"), "test_accuracy", role),
                      Cell(percent(m.get("val_accuracy")), m.get("val_accuracy"), "val_accuracy", role),
-                     Cell(si(m["params"]) if _num(m.get("params")) else "–", m.get("params"), "params", role),
-                     Cell(si(m["macs"]) if _num(m.get("macs")) else "–", m.get("macs"), "macs", role),
+                     Cell(si(m["params"]) if is_number(m.get("params")) else "–", m.get("params"), "params", role),
+                     Cell(si(m["macs"]) if is_number(m.get("macs")) else "–", m.get("macs"), "macs", role),
                      Cell(human_bytes(size) if size is not None else "–", size, "checkpoint_bytes", role),
                      Cell(m.get("epochs", "–"), m.get("epochs"), "epochs", role),
                      Cell(m.get("train_seconds", "–"), m.get("train_seconds"), "train_seconds", role)])
@@ -48,7 +48,7 @@ def summary(run: RunData) -> str:
 
 def gain_block(gain: Any, test_images: Any = None) -> list[str]:
     """The gain over the baseline, its 95% noise band and what it means."""
-    if not isinstance(gain, dict) or not _num(gain.get("accuracy_points")):
+    if not isinstance(gain, dict) or not is_number(gain.get("accuracy_points")):
         return []
     points, band = gain["accuracy_points"], gain.get("noise_band_points")
     significant = bool(gain.get("significant"))
@@ -60,10 +60,10 @@ def gain_block(gain: Any, test_images: Any = None) -> list[str]:
         verdict, cls = "distillation helped: significant", "good"
     else:
         verdict, cls = "within the noise band: no measurable effect", ""
-    images = f" over {test_images} test images" if _num(test_images) else ""
+    images = f" over {test_images} test images" if is_number(test_images) else ""
     rows = [[Cell("distillation gain (student - baseline)", cls="text"),
              Cell(f"{points:+.2f} points", points, "accuracy_points", "gain"),
-             Cell(f"±{band:.2f} points" if _num(band) else "–", band, "noise_band_points", "gain"),
+             Cell(f"±{band:.2f} points" if is_number(band) else "–", band, "noise_band_points", "gain"),
              Cell(verdict, significant, "significant", "gain", cls=f"text {cls}")]]
     return [table(["", "gain", "95% noise band", "verdict"], rows, "gain"),
             para(f"Test: {gain.get('test', 'unpaired')}{images}.")]
@@ -138,9 +138,9 @@ def export(run: RunData) -> str | None:
     for role, info in e.items():
         if isinstance(info, dict):
             diff = info.get("max_abs_diff")
-            diff = ", ".join(f"{k} {v:.1e}" for k, v in diff.items() if _num(v)) if isinstance(diff, dict) else diff
+            diff = ", ".join(f"{k} {v:.1e}" for k, v in diff.items() if is_number(v)) if isinstance(diff, dict) else diff
             rows.append([role, str(info.get("file", "–")),
-                         human_bytes(info["bytes"]) if _num(info.get("bytes")) else "–", diff or "–"])
+                         human_bytes(info["bytes"]) if is_number(info.get("bytes")) else "–", diff or "–"])
     return section("ONNX export", "export", [table(["model", "file", "size", "max |ONNX - PyTorch|"], rows, "export-table")])
 
 
@@ -157,8 +157,8 @@ def bench(run: RunData) -> str | None:
         p50, tput = batches.get(lat, {}).get("p50_ms"), batches.get(big, {}).get("throughput")
         speed = r.get("speedup_vs_teacher")
         rows.append([str(r.get("artifact")), str(r.get("runtime")), str(r.get("precision")),
-                     f"{p50:.3f}" if _num(p50) else "–", f"{tput:,.0f}" if _num(tput) else "–",
-                     percent(r.get("accuracy")), f"{speed:.2f}x" if _num(speed) else "–"])
+                     f"{p50:.3f}" if is_number(p50) else "–", f"{tput:,.0f}" if is_number(tput) else "–",
+                     percent(r.get("accuracy")), f"{speed:.2f}x" if is_number(speed) else "–"])
     machine = b.get("machine") if isinstance(b.get("machine"), dict) else {}
     parts = [figure(plots.bench(b["rows"], lat), f"accuracy vs median latency at batch {lat}"),
              table(["artifact", "runtime", "precision", f"p50 latency (ms, batch {lat})",
