@@ -165,6 +165,13 @@ class PruneSpec:
 
 
 @dataclass
+class LogSpec:
+    """What a run logs besides its own files."""
+
+    tensorboard: bool = False         # scalars per epoch under RUN/tb/ROLE (pip install 'distill[tensorboard]')
+
+
+@dataclass
 class Recipe:
     name: str = "run"
     description: str = ""
@@ -183,6 +190,7 @@ class Recipe:
     prune: PruneSpec = field(default_factory=PruneSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
     bench: BenchSpec = field(default_factory=BenchSpec)
+    log: LogSpec = field(default_factory=LogSpec)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -6,6 +6,9 @@ A run directory is the unit users share (see ARCHITECTURE.md):
     teacher.pt student.pt baseline.pt [pseudo.pt pruned.pt]   self-describing checkpoints
     history.csv        per-epoch metrics of every phase
     metrics.json       final metrics per role, the gain, the cache, export and bench summaries
+    predictions.npz    each scored model's top class per test image, the labels and class names
+    report.html        the run as one self-contained page (distill.report), refreshed after each phase
+    tb/ROLE/           TensorBoard scalars per phase, when the recipe sets [log] tensorboard = true
     .ROLE.resume.pt    end-of-epoch state of a phase in progress (removed when it finishes)
     .lock              who holds the directory: one process per run directory at a time
     seed-N/            with several seeds: one such run directory per seed; the top level then
@@ -40,7 +43,8 @@ except ImportError:  # Windows: no flock, no lock
 
 ROLES = ("teacher", "student", "baseline", "pseudo", "pruned")
 EXPORTED = ("student", "pruned")  # roles the export phase writes ONNX files for
-REPORTS = ("metrics.json", "history.csv", "bench.json", "bench.md", "bench.png", "teacher_cache")
+REPORTS = ("metrics.json", "history.csv", "bench.json", "bench.md", "bench.png", "teacher_cache",
+           "predictions.npz", "report.html", "tb")
 
 
 class RunDir:

@@ -75,14 +75,26 @@ class NoSingletonBatches(BatchSampler):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset | DataLoader, device: torch.device | str = "cpu",
-             batch_size: int = 256) -> dict[str, float]:
-    """Accuracy (fraction 0..1) and mean cross-entropy of a classifier on a dataset."""
+             batch_size: int = 256, keep_predictions: bool = False) -> dict[str, Any]:
+    """Accuracy (fraction 0..1) and mean cross-entropy of a classifier on a dataset; with
+    `keep_predictions`, also its top class and the label per image ("predictions", "labels": int64
+    tensors in dataset order), from the same pass, for per-class figures without a second one."""
     correct, total, loss = 0, 0, 0.0
+    predicted, labels = [], []
     for logits, targets in _outputs(model, data, device, batch_size):
         loss += F.cross_entropy(logits, targets, reduction="sum").item()
-        correct += (logits.argmax(1) == targets).sum().item()
+        top = logits.argmax(1)
+        correct += (top == targets).sum().item()
         total += targets.numel()
-    return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
+        if keep_predictions:
+            predicted.append(top.cpu())
+            labels.append(targets.cpu())
+    result: dict[str, Any] = {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
+    if keep_predictions:
+        empty = torch.zeros(0, dtype=torch.int64)
+        result["predictions"] = torch.cat(predicted).long() if predicted else empty
+        result["labels"] = torch.cat(labels).long() if labels else empty
+    return result
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from ..errors import DistillError
 # command name -> module in distill.cli that defines a click command of the same name
 COMMANDS = {
     "run": "run", "recipes": "run", "models": "run",
-    "export": "export", "bench": "bench", "prune": "prune", "probe": "probe",
+    "export": "export", "bench": "bench", "prune": "prune", "probe": "probe", "report": "report",
 }
 
 
@@ -45,6 +45,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
       distill recipes                           the shipped recipes
       distill export runs/quickstart/student.pt -o student.onnx
       distill bench runs/quickstart             teacher vs student: latency, size, accuracy
+      distill report runs/quickstart            the run as one page: runs/quickstart/report.html
     """
     ctx.obj = {"debug": debug}
 

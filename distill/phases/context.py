@@ -20,8 +20,10 @@ from ..models import ModelCard, build_model, load_checkpoint, safe_load, save_ch
 from ..models.loading import FORMAT
 from ..models.stats import count_macs, count_params
 from ..recipe import ModelSpec, Recipe
+from ..report import refresh_report, save_predictions
 from ..rundir import RunDir
 from ..settings import Speed
+from ..tblog import EpochScalars
 from ..train import evaluate
 
 
@@ -105,7 +107,8 @@ class RunContext:
                 "resume_path": self.run.resume_file(role), "resume": True,
                 "speed": Speed(amp=s.amp, channels_last=s.channels_last, compile=s.compile,
                                num_workers=self.recipe.data.num_workers),
-                "skip_nonfinite": self.recipe.skip_nonfinite, "desc": role, "progress": self.progress}
+                "skip_nonfinite": self.recipe.skip_nonfinite, "desc": role, "progress": self.progress,
+                **_epoch_log(self, role)}
 
     def check_resume_file(self, role: str) -> None:
         """Refuse a resume file that `fit` could not continue from, naming it and the way out."""
@@ -176,7 +179,10 @@ class RunContext:
         """Evaluate a finished model on the test set and write its entry into metrics.json, with
         `info` (what else the phase reports) beside the measured figures, which always win."""
         shape = self.data.input_shape
-        result = evaluate(model, self.data.test, self.device)
+        result = evaluate(model, self.data.test, self.device, keep_predictions=True)
+        if distributed.is_main():  # for the report's per-class accuracy and agreement
+            save_predictions(self.run.path, role, result["predictions"].numpy(), result["labels"].numpy(),
+                             list(self.data.class_names))
         entry = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
                  "params": count_params(model), "macs": count_macs(model, shape),
                  "epochs": len(history), "train_seconds": round(sum(r.get("seconds", 0) for r in history), 1)}
@@ -187,14 +193,24 @@ class RunContext:
         self.write()
 
     def write(self) -> None:
+        """metrics.json and history.csv, then report.html refreshed from them."""
         if distributed.is_main():
             self.run.write(self.metrics, self.history)
+            refresh_report(self.run.path)
 
 
 def recipe_trust(recipe: Recipe) -> bool | Iterable[str]:
     """The code a recipe's checkpoints may run to build their models: any factory with
     `trust_code = true`, else only the factories the recipe itself names for its teacher and student."""
     return recipe.trust_code or {recipe.teacher.model, recipe.student.model}
+
+
+def _epoch_log(ctx: RunContext, role: str) -> dict[str, Any]:
+    """`fit`'s on_epoch for `[log] tensorboard = true`: the phase's scalars under RUN/tb/ROLE (rank 0)."""
+    if not (ctx.recipe.log.tensorboard and distributed.is_main()):
+        return {}
+    epochs = ctx.recipe.prune.epochs if role == "pruned" else ctx.spec(role).epochs
+    return {"on_epoch": EpochScalars(ctx.run.path / "tb" / role, len(ctx.train_set(role)), epochs)}
 
 
 def _scored(entry: Any) -> bool:

@@ -13,11 +13,14 @@ from ..data import take_batch
 from ..distiller import Distiller
 from ..errors import DistillError
 from ..taps import check_path
+from ..tblog import require_tensorboard
 from .context import RunContext
 
 
 def preflight(ctx: RunContext) -> None:
     """Raise a DistillError for a set-up that could only fail after training started."""
+    if ctx.recipe.log.tensorboard:
+        require_tensorboard()
     if len(ctx.data.train) < 2:
         raise DistillError(f"data {ctx.recipe.data.name!r} leaves {len(ctx.data.train)} training image(s); "
                            "expected at least 2 (check train_limit, per_class, classes and val_fraction)")
