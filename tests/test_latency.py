@@ -1,0 +1,134 @@
+"""Latency budgets: the choice rule, the no-fit error, the int8 guard, budget verdicts, families."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distill.bench import latency_stats, time_interleaved
+from distill.errors import DistillError
+from distill.latency import (Candidate, Timing, check_budget, choose, compare_int8, int8_decision,
+                             measure_candidates, verdict)
+from distill.models.family import size_family
+from distill.models.registry import build_model
+
+
+def cand(name: str, macs: int, p50: float) -> Candidate:
+    return Candidate(name, {}, params=macs, macs=macs, p50_ms=p50, p90_ms=p50 * 1.2)
+
+
+CANDIDATES = [cand("tiny", 10, 0.5), cand("small", 100, 2.0), cand("big", 1000, 8.0), cand("huge", 5000, 30.0)]
+
+
+@pytest.mark.parametrize("budget, expected", [(0.5, 0), (1.9, 0), (2.0, 1), (7.99, 1), (8.0, 2), (100, 3)])
+def test_the_choice_is_the_largest_candidate_by_macs_whose_p50_fits_the_budget(budget, expected):
+    assert choose(CANDIDATES, budget) == expected
+
+
+def test_a_candidate_with_more_macs_that_runs_slower_than_the_budget_is_passed_over():
+    odd = [cand("fast but big", 900, 1.0), cand("slow but small", 100, 5.0)]  # MACs would pick the first
+    assert choose(odd, 2.0) == 0
+    assert choose(odd, 0.9 + 4.5) == 0  # both fit: the more capable one
+
+
+def test_equal_macs_break_the_tie_by_the_faster_candidate():
+    assert choose([cand("a", 100, 3.0), cand("b", 100, 1.0)], 5.0) == 1
+
+
+def test_no_candidate_fitting_names_the_fastest_candidate_and_its_latency():
+    with pytest.raises(DistillError, match=r"fastest, tiny, takes 0\.5 ms"):
+        choose(CANDIDATES, 0.1)
+
+
+@pytest.mark.parametrize("budget", [0, -1, float("nan"), float("inf"), True, "5"])
+def test_a_budget_that_is_not_a_positive_number_is_refused(budget):
+    with pytest.raises(DistillError, match="expected a positive number of milliseconds"):
+        check_budget(budget)
+
+
+def test_int8_is_kept_when_faster_and_accurate_enough():
+    keep, reason = int8_decision(2.0, 1.0, 0.95, 0.945, max_drop_points=1.0)
+    assert keep and reason.startswith("int8 kept")
+
+
+def test_int8_is_rejected_when_it_is_not_faster():
+    keep, reason = int8_decision(1.0, 1.2, 0.95, 0.95, max_drop_points=1.0)
+    assert not keep and "not faster" in reason and "accuracy" not in reason
+
+
+def test_int8_is_rejected_when_it_loses_more_accuracy_than_allowed():
+    keep, reason = int8_decision(2.0, 1.0, 0.95, 0.93, max_drop_points=1.0)
+    assert not keep and "loses 2.00 points" in reason and "not faster" not in reason
+
+
+def test_int8_comparison_uses_the_measured_timings_and_the_test_accuracy(tmp_path, monkeypatch):
+    """Injected timings; accuracies from the files: the same model twice gives a drop of 0."""
+    from distill.export import export_onnx
+    from distill.models import ModelCard
+    model = build_model("mlp", 3, (1, 4, 4), hidden=[8]).eval()
+    card = ModelCard("mlp", 3, (1, 4, 4), kwargs={"hidden": [8]})
+    f = export_onnx(model, card, tmp_path / "f.onnx").path
+    x = torch.randn(30, 1, 4, 4)
+    data = (x, model(x).argmax(1))
+
+    def timings(float_ms, int8_ms):
+        return lambda files, *a, **k: {"float": Timing(float_ms, float_ms, 0, 1, 1),
+                                       "int8": Timing(int8_ms, int8_ms, 0, 1, 1)}
+    kept = compare_int8(f, f, (1, 4, 4), data, max_drop_points=1.0, measure=timings(2.0, 1.0))
+    assert kept["kept"] and kept["float_accuracy"] == kept["int8_accuracy"] == 1.0
+    slower = compare_int8(f, f, (1, 4, 4), data, max_drop_points=1.0, measure=timings(1.0, 2.0))
+    assert not slower["kept"] and "not faster" in slower["reason"]
+
+
+@pytest.mark.parametrize("p50, noise, expected", [(4.0, 0.5, "met"), (6.0, 0.5, "missed"),
+                                                  (4.8, 0.5, "within noise"), (5.3, 0.5, "within noise")])
+def test_the_budget_verdict_is_met_or_missed_only_beyond_the_noise(p50, noise, expected):
+    assert verdict(Timing(p50, p50, noise, 10, 100), 5.0) == expected
+
+
+def test_interleaved_timing_gives_every_runner_its_rounds_and_states_the_noise():
+    calls = {"a": 0, "b": 0}
+
+    def runner(key):
+        def run(x):
+            calls[key] += 1
+        return run
+    timed = time_interleaved({"a": runner("a"), "b": runner("b")}, {"a": 1, "b": 1}, rounds=5,
+                             round_time=0.001, warmup=2)
+    assert [len(timed[k]) for k in "ab"] == [5, 5]
+    stats = latency_stats(timed["a"])
+    assert stats["p50_noise_ms"] >= 0 and stats["calls"] == calls["a"] - 2
+    assert latency_stats([np.array([0.001]), np.array([0.003])])["p50_noise_ms"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("model", ["mlp", "small_cnn", "mobilenetv2", "shufflenetv2", "resnet20",
+                                   "mobilenet_v3_small", "cifar_vgg8"])
+def test_a_model_family_holds_the_model_itself_and_other_sizes_that_build(model):
+    family = size_family(model, {})
+    assert len(family) >= 3
+    with torch.device("meta"):
+        for name, options in family:
+            build_model(name, 10, (3, 32, 32), **options)
+
+
+def test_a_model_without_a_family_asks_for_candidates():
+    with pytest.raises(DistillError, match=r"student\.candidates"):
+        size_family("vit_b_16", {})
+
+
+def test_a_candidate_that_cannot_be_built_is_named():
+    with pytest.raises(DistillError, match=r"candidate 1 \(mlp .*hidden.*cannot"):
+        measure_candidates([("mlp", {"hidden": [4]}), ("mlp", {"hidden": [0]})], 3, (1, 4, 4), rounds=1,
+                           round_time=0.001)
+
+
+def test_an_unknown_provider_lists_the_available_ones():
+    with pytest.raises(DistillError, match="not available in this ONNX Runtime; expected one of .*CPUExecutionProvider"):
+        measure_candidates([("mlp", {"hidden": [4]})], 3, (1, 4, 4), provider="NoSuchProvider")
+
+
+def test_measured_candidates_carry_their_cost_and_latency():
+    found = measure_candidates([("mlp", {"hidden": [4]}), ("mlp", {"hidden": [64]})], 3, (1, 4, 4), rounds=2,
+                               round_time=0.01)
+    assert [c.macs for c in found] == [16 * 4 + 4 * 3, 16 * 64 + 64 * 3]
+    assert all(c.p50_ms > 0 and c.p90_ms >= c.p50_ms for c in found)
