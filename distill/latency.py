@@ -187,3 +187,18 @@ def compare_int8(float_file: Path, int8_file: Path, input_shape: Sequence[int], 
     return {"kept": keep, "reason": reason, "float_p50_ms": timings["float"].p50_ms,
             "int8_p50_ms": timings["int8"].p50_ms, "float_accuracy": accuracy["float"],
             "int8_accuracy": accuracy["int8"], "max_drop_points": max_drop_points}
+
+
+def budget_summary(choice: dict[str, Any] | None, check: dict[str, Any] | None) -> list[str]:
+    """The end-of-run lines: which candidate the budget chose, and whether the exported models meet it."""
+    lines = []
+    if choice and "candidates" in choice:
+        c = choice["candidates"][choice["chosen"]]
+        label = Candidate(**c).label()
+        lines.append(f"latency budget {choice['budget_ms']:g} ms: chose {label} (p50 {c['p50_ms']:.3g} ms, "
+                     f"candidate {choice['chosen']} of {len(choice['candidates'])}; batch {choice['batch']}, "
+                     f"{choice['provider']})")
+    for name, v in (check or {}).items():
+        lines.append(f"{name}.onnx: p50 {v['p50_ms']:.3g} +- {v['noise_ms']:.2g} ms (noise: spread of the p50 over "
+                     f"{v['rounds']} rounds) against a budget of {v['budget_ms']:g} ms: {v['verdict'].upper()}")
+    return lines

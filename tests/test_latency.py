@@ -132,3 +132,43 @@ def test_measured_candidates_carry_their_cost_and_latency():
                                round_time=0.01)
     assert [c.macs for c in found] == [16 * 4 + 4 * 3, 16 * 64 + 64 * 3]
     assert all(c.p50_ms > 0 and c.p90_ms >= c.p50_ms for c in found)
+
+
+# ----------------------------------------------------------------------------- a whole run
+
+BUDGET_RECIPE = {
+    "name": "budget", "seed": 0, "device": "cpu",
+    "data": {"name": "digits", "augment": False, "train_limit": 300, "test_limit": 200},
+    "teacher": {"model": "small_cnn", "options": {"width": 8}, "epochs": 1, "batch_size": 64},
+    "student": {"model": "mlp", "epochs": 2, "batch_size": 64, "latency_budget_ms": 0.5,
+                # ~600 MACs vs ~17M MACs (68 MB of weights read per call): far apart on any CPU
+                "candidates": [{"model": "mlp", "options": {"hidden": [8]}},
+                               {"model": "mlp", "options": {"hidden": [4096, 4096]}}]},
+    "baseline": {"enabled": False},
+    "export": {"enabled": True, "int8": True},
+}
+
+
+def test_a_budget_between_two_candidates_trains_the_larger_one_that_fits_and_verifies_it(tmp_path, monkeypatch):
+    from distill import latency
+    from distill.pipeline import run_recipe
+    from distill.recipe import recipe_from_dict, to_toml
+    recipe = recipe_from_dict(BUDGET_RECIPE)
+    metrics = run_recipe(recipe, out=tmp_path / "run", progress=False)
+    choice = metrics["student_choice"]
+    assert choice["chosen"] == 0 and choice["budget_ms"] == 0.5
+    assert [set(c) >= {"model", "options", "p50_ms", "p90_ms", "params", "macs"} for c in choice["candidates"]] == [True] * 2
+    assert choice["candidates"][0]["p50_ms"] <= 0.5 < choice["candidates"][1]["p50_ms"]
+    assert metrics["student"]["macs"] == choice["candidates"][0]["macs"]  # the chosen model was trained
+    assert metrics["budget_check"]["student"]["verdict"] == "met"
+    int8 = metrics["export"]["student"]["int8"]
+    assert (tmp_path / "run" / "student.int8.onnx").exists() == int8["kept"] == ("student.int8" in metrics["budget_check"])
+    # the recorded recipe is the user's (budget and candidates), so --resume with it is the same run ...
+    assert (tmp_path / "run" / "recipe.toml").read_text() == to_toml(recipe)
+    assert recipe.student.model == "mlp" and recipe.student.options == {}
+    # ... and reuses the stored choice rather than timing again
+    monkeypatch.setattr("distill.phases.choose.measure_candidates", lambda *a, **k: pytest.fail("timed again"))
+    again = run_recipe(recipe_from_dict(BUDGET_RECIPE), out=tmp_path / "run", resume=True, progress=False)
+    assert again["student_choice"]["chosen"] == 0 and again["student"]["epochs"] == 2
+    assert any("latency budget 0.5 ms: chose mlp(hidden=[8])" in line
+               for line in latency.budget_summary(again["student_choice"], again["budget_check"]))
