@@ -82,6 +82,22 @@ def time_onnx(files: Mapping[str, str | Path], input_shape: Sequence[int], *, ba
     return out
 
 
+def onnx_latency(input_shape: Sequence[int], *, batch: int = 1, provider: str = CPU, rounds: int = 10,
+                 round_time: float = 0.05) -> Callable[[torch.nn.Module], float]:
+    """A function timing a model's ONNX export (p50 in ms), as `prune.prune_to_latency` needs."""
+    check_provider(provider)
+
+    def measure(model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            classes = model.eval()(torch.zeros(1, *input_shape)).shape[-1]
+        card = ModelCard(arch=type(model).__name__, num_classes=classes, input_shape=tuple(input_shape))
+        with tempfile.TemporaryDirectory(prefix="distill-latency-") as folder:
+            path = export_onnx(model, card, Path(folder) / "model.onnx", atol=1e-3).path
+            return time_onnx({"model": path}, input_shape, batch=batch, provider=provider, rounds=rounds,
+                             round_time=round_time)["model"].p50_ms
+    return measure
+
+
 def measure_candidates(candidates: Sequence[tuple[str, dict[str, Any]]], num_classes: int,
                        input_shape: Sequence[int], *, batch: int = 1, provider: str = CPU,
                        rounds: int = 20, round_time: float = 0.1, seed: int = 0) -> list[Candidate]:

@@ -561,6 +561,8 @@ def _check_latency(r: Recipe) -> None:
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise DistillError(f"{key}.latency_budget_ms: expected a positive number of milliseconds, got {budget!r}")
     _positive(s.latency_batch, "student.latency_batch", integer=True)
+    if r.prune.latency_budget_ms is not None and not r.prune.enabled:
+        raise DistillError("prune.latency_budget_ms: pruning is off; expected prune.enabled = true with it")
     if s.latency_budget_ms is None and r.prune.latency_budget_ms is None:
         return
     if s.checkpoint and s.latency_budget_ms is not None:

@@ -172,3 +172,57 @@ def test_a_budget_between_two_candidates_trains_the_larger_one_that_fits_and_ver
     assert again["student_choice"]["chosen"] == 0 and again["student"]["epochs"] == 2
     assert any("latency budget 0.5 ms: chose mlp(hidden=[8])" in line
                for line in latency.budget_summary(again["student_choice"], again["budget_check"]))
+
+
+# ----------------------------------------------------------------------------- pruning to a budget
+
+def _widths(model) -> list[int]:
+    return [m.out_features for m in model.features if isinstance(m, torch.nn.Linear)]
+
+
+def test_pruning_to_a_latency_budget_stops_at_the_first_step_within_it():
+    from distill.models.stats import count_macs
+    from distill.prune import prune_to_latency
+    model = build_model("mlp", 10, (1, 8, 8), hidden=[256, 256])
+    fake_ms = lambda m: count_macs(m, (1, 8, 8)) / 1000  # noqa: E731  (84.5 "ms" unpruned)
+    pruned, report = prune_to_latency(model, torch.zeros(1, 1, 8, 8), 30.0, fake_ms)
+    assert report.latency_ms_before == pytest.approx(84.48) and report.latency_ms_after <= 30.0
+    assert report.on_target and fake_ms(pruned) == report.latency_ms_after
+    steps = sorted({t["step"] for t in report.trials})
+    before_last = [t for t in report.trials if t["step"] == steps[-2]]
+    assert len(steps) == report.steps >= 3 and min(t["latency_ms"] for t in before_last) > 30.0  # no step too many
+    assert _widths(model) == [256, 256]  # the given model is left as it was
+
+
+def test_pruning_to_a_latency_budget_keeps_the_fastest_channel_rounding_of_the_last_step():
+    from distill.models.stats import count_macs
+    from distill.prune import ROUND_TOS, prune_to_latency
+
+    def fake_ms(m):  # an odd runtime, slower on channel counts that are multiples of 8: the rule is
+        slow = any(w % 8 == 0 for w in _widths(m))  # arbitrary, the point is that the fastest rounding wins
+        return count_macs(m, (1, 8, 8)) / 1000 * (1.3 if slow else 1.0)
+    pruned, report = prune_to_latency(build_model("mlp", 10, (1, 8, 8), hidden=[256, 256]),
+                                      torch.zeros(1, 1, 8, 8), 30.0, fake_ms)
+    last = [t for t in report.trials if t["step"] == report.steps]
+    assert sorted(t["round_to"] for t in last) == sorted(ROUND_TOS)
+    fastest = min(t["latency_ms"] for t in last)
+    assert report.latency_ms_after == fastest < max(t["latency_ms"] for t in last)  # rounding mattered
+    assert report.round_to == 1 and any(w % 8 for w in _widths(pruned))
+
+
+def test_a_latency_budget_pruning_cannot_reach_is_one_line_naming_where_it_stopped():
+    from distill.prune import prune_to_latency
+    with pytest.raises(DistillError, match=r"cannot prune MLP to 0\.001 ms.*expected a larger latency budget"):
+        prune_to_latency(build_model("mlp", 10, (1, 8, 8), hidden=[16]), torch.zeros(1, 1, 8, 8), 0.001,
+                         lambda m: 1.0, max_steps=3)
+
+
+def test_distill_prune_latency_ms_prunes_a_checkpoint_to_a_generous_budget(tmp_path, capsys):
+    from distill.models import ModelCard, save_checkpoint
+    from tests.helpers import cli
+    model = build_model("mlp", 10, (1, 8, 8), hidden=[1024, 1024])
+    save_checkpoint(tmp_path / "m.pt", model, ModelCard("mlp", 10, (1, 8, 8), kwargs={"hidden": [1024, 1024]}))
+    code, out = cli(["prune", str(tmp_path / "m.pt"), "--latency-ms", "100", "-o", str(tmp_path / "p.pt")], capsys)
+    assert code == 0 and "target: 100 ms ONNX latency at batch 1 (met)" in out
+    code, out = cli(["prune", str(tmp_path / "m.pt"), "--latency-ms", "0", "-o", str(tmp_path / "q.pt")], capsys)
+    assert code == 2 and "--latency-ms: expected a positive number of milliseconds" in out
