@@ -205,16 +205,19 @@ def compare_int8(float_file: Path, int8_file: Path, input_shape: Sequence[int], 
             "int8_accuracy": accuracy["int8"], "max_drop_points": max_drop_points}
 
 
-def budget_summary(choice: dict[str, Any] | None, check: dict[str, Any] | None) -> list[str]:
-    """The end-of-run lines: which candidate the budget chose, and whether the exported models meet it."""
-    lines = []
+def budget_summary(metrics: dict[str, Any]) -> list[str]:
+    """The end-of-run lines: which candidate the budget chose, whether the exported models meet
+    their budgets (with the noise), and whether int8 was kept."""
+    lines, choice = [], metrics.get("student_choice")
     if choice and "candidates" in choice:
         c = choice["candidates"][choice["chosen"]]
-        label = Candidate(**c).label()
-        lines.append(f"latency budget {choice['budget_ms']:g} ms: chose {label} (p50 {c['p50_ms']:.3g} ms, "
-                     f"candidate {choice['chosen']} of {len(choice['candidates'])}; batch {choice['batch']}, "
+        lines.append(f"latency budget {choice['budget_ms']:g} ms: chose {Candidate(**c).label()} (p50 {c['p50_ms']:.3g} "
+                     f"ms, candidate {choice['chosen']} of {len(choice['candidates'])}; batch {choice['batch']}, "
                      f"{choice['provider']})")
-    for name, v in (check or {}).items():
+    for name, v in metrics.get("budget_check", {}).items():
         lines.append(f"{name}.onnx: p50 {v['p50_ms']:.3g} +- {v['noise_ms']:.2g} ms (noise: spread of the p50 over "
                      f"{v['rounds']} rounds) against a budget of {v['budget_ms']:g} ms: {v['verdict'].upper()}")
+    for role, exported in metrics.get("export", {}).items():
+        if isinstance(exported, dict) and "int8" in exported:
+            lines.append(f"{role}: {exported['int8']['reason']}")
     return lines

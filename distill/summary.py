@@ -33,7 +33,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
         lines.append(f"pruned student: {100 * p['macs_ratio']:.1f}% of the student's MACs (target "
                      f"{100 * p['macs_target']:.0f}%{miss}), accuracy {p['accuracy_after_pruning']:.4f} right after "
                      f"pruning, {p['test_accuracy']:.4f} after recovery by {p['recovery']}")
-    lines += budget_summary(metrics.get("student_choice"), metrics.get("budget_check"))
+    lines += budget_summary(metrics)
     if "bench" in metrics:
         lines.append("latency, throughput and accuracy of every artefact: bench.md (plot: bench.png)")
     return "\n".join(lines)

@@ -170,11 +170,18 @@ def test_a_budget_between_two_candidates_trains_the_larger_one_that_fits_and_ver
     monkeypatch.setattr("distill.phases.choose.measure_candidates", lambda *a, **k: pytest.fail("timed again"))
     again = run_recipe(recipe_from_dict(BUDGET_RECIPE), out=tmp_path / "run", resume=True, progress=False)
     assert again["student_choice"]["chosen"] == 0 and again["student"]["epochs"] == 2
-    assert any("latency budget 0.5 ms: chose mlp(hidden=[8])" in line
-               for line in latency.budget_summary(again["student_choice"], again["budget_check"]))
+    lines = latency.budget_summary(again)
+    assert "latency budget 0.5 ms: chose mlp(hidden=[8])" in lines[0]
+    assert "student.onnx: p50" in lines[1] and lines[1].endswith("against a budget of 0.5 ms: MET")
+    assert lines[-1].startswith("student: int8 ")
 
 
 # ----------------------------------------------------------------------------- pruning to a budget
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)  # random weights rank the channels: the same ones every time
+
 
 def _widths(model) -> list[int]:
     return [m.out_features for m in model.features if isinstance(m, torch.nn.Linear)]
@@ -207,7 +214,8 @@ def test_pruning_to_a_latency_budget_keeps_the_fastest_channel_rounding_of_the_l
     assert sorted(t["round_to"] for t in last) == sorted(ROUND_TOS)
     fastest = min(t["latency_ms"] for t in last)
     assert report.latency_ms_after == fastest < max(t["latency_ms"] for t in last)  # rounding mattered
-    assert report.round_to == 1 and any(w % 8 for w in _widths(pruned))
+    assert report.round_to == min(last, key=lambda t: t["latency_ms"])["round_to"] != 8
+    assert any(w % 8 for w in _widths(pruned))
 
 
 def test_a_latency_budget_pruning_cannot_reach_is_one_line_naming_where_it_stopped():
