@@ -344,11 +344,14 @@ def time_interleaved(runners: Mapping[Any, Runner], inputs: Mapping[Any, Any], *
 
 
 def latency_stats(rounds: Sequence[np.ndarray], batch: int = 1) -> dict[str, float]:
-    """Percentiles over every call of every round; `p50_noise_ms` is the standard deviation of the
-    rounds' own medians: how much the p50 moves from one round to the next on this machine now."""
+    """Percentiles over every call of every round; `p50_noise_ms` is how much the p50 moves from one
+    round to the next on this machine now: the robust standard deviation (1.4826 x the median
+    absolute deviation) of the rounds' own medians, so one round hit by a burst of load from
+    elsewhere does not swamp it."""
     times = np.concatenate(list(rounds))
     p50, p90, p99 = np.percentile(times, [50, 90, 99]) * 1e3
-    noise = float(np.std([np.median(r) for r in rounds]) * 1e3) if len(rounds) > 1 else 0.0
+    medians = np.array([np.median(r) for r in rounds])
+    noise = float(1.4826 * np.median(np.abs(medians - np.median(medians))) * 1e3)
     return {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": times.mean() * 1e3,
             "throughput": batch / times.mean(), "calls": len(times), "p50_noise_ms": noise}
 

@@ -5,7 +5,8 @@ MACs are a poor guide to latency (depthwise convolutions, channel counts that mi
 sweet spots, memory-bound layers), so candidates are timed, not estimated: each is built with
 random weights, exported to a verified ONNX file, and timed with `distill bench`'s interleaved
 rounds (`bench.time_interleaved`), all in one process, so their latencies compare. The noise
-stated with every p50 is the standard deviation of the rounds' own medians.
+stated with every p50 is the robust standard deviation (1.4826 x MAD) of the rounds' own
+medians (`bench.latency_stats`).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class Timing:
 
     p50_ms: float
     p90_ms: float
-    noise_ms: float  # standard deviation of the per-round medians
+    noise_ms: float  # robust standard deviation of the per-round medians
     rounds: int
     calls: int
 

@@ -98,7 +98,8 @@ def test_interleaved_timing_gives_every_runner_its_rounds_and_states_the_noise()
     assert [len(timed[k]) for k in "ab"] == [5, 5]
     stats = latency_stats(timed["a"])
     assert stats["p50_noise_ms"] >= 0 and stats["calls"] == calls["a"] - 2
-    assert latency_stats([np.array([0.001]), np.array([0.003])])["p50_noise_ms"] == pytest.approx(1.0)
+    rounds = [np.array([0.001]), np.array([0.0011]), np.array([0.0009]), np.array([0.5])]  # one burst
+    assert latency_stats(rounds)["p50_noise_ms"] == pytest.approx(1.4826 * 0.1)
 
 
 @pytest.mark.parametrize("model", ["mlp", "small_cnn", "mobilenetv2", "shufflenetv2", "resnet20",
