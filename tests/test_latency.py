@@ -235,3 +235,35 @@ def test_distill_prune_latency_ms_prunes_a_checkpoint_to_a_generous_budget(tmp_p
     assert code == 0 and "target: 100 ms ONNX latency at batch 1 (met)" in out
     code, out = cli(["prune", str(tmp_path / "m.pt"), "--latency-ms", "0", "-o", str(tmp_path / "q.pt")], capsys)
     assert code == 2 and "--latency-ms: expected a positive number of milliseconds" in out
+
+
+@pytest.mark.parametrize("student, message", [
+    ({"latency_budget_ms": 0}, r"student\.latency_budget_ms: expected a positive number of milliseconds, got 0"),
+    ({"latency_budget_ms": -2.5}, r"student\.latency_budget_ms: expected a positive number"),
+    ({"latency_budget_ms": 1, "latency_provider": "TensorrtExecutionProvider"},
+     r"student\.latency_provider: .*not available in this ONNX Runtime; expected one of .*CPUExecutionProvider"),
+    ({"latency_budget_ms": 1, "candidates": [{"model": "mlp", "options": {"hidden": [8]}},
+                                             {"model": "mlp", "options": {"hidden": [-1]}}]},
+     r"student\.candidates\.1\.options\.hidden: expected a list of positive integers"),
+    ({"latency_budget_ms": 1, "candidates": [{"model": "resnet9000"}]}, r"student\.candidates\.0\.model: unknown model"),
+    ({"latency_budget_ms": 1, "candidates": [{"model": "mlp", "options": {"num_classes": 3}}]},
+     r"student\.candidates\.0\.options\.num_classes: expected a keyword argument"),
+    ({"candidates": [{"model": "mlp"}]}, r"student\.candidates: .*expected student\.latency_budget_ms too"),
+    ({"latency_budget_ms": 1, "latency_batch": 0}, r"student\.latency_batch: expected a positive integer"),
+])
+def test_bad_latency_keys_in_a_recipe_are_one_line_naming_the_key(student, message):
+    from distill.recipe import recipe_from_dict
+    with pytest.raises(DistillError, match=message):
+        recipe_from_dict({"student": {"model": "mlp", **student}})
+
+
+def test_a_recipe_budget_no_candidate_meets_exits_2_naming_the_fastest(tmp_path, capsys):
+    from tests.helpers import cli
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('device = "cpu"\n[data]\nname = "digits"\ntrain_limit = 50\ntest_limit = 20\n'
+                      '[student]\nmodel = "mlp"\nlatency_budget_ms = 1e-6\n'
+                      '[[student.candidates]]\nmodel = "mlp"\noptions = { hidden = [4] }\n')
+    code, out = cli(["run", str(recipe), "--out", str(tmp_path / "run"), "-q"], capsys)
+    assert code == 2 and out.strip().splitlines()[-1].startswith("error: no candidate fits the latency budget "
+                                                                 "of 1e-06 ms: the fastest, mlp(hidden=[4]), takes")
+    assert not (tmp_path / "run" / "recipe.toml").exists()  # nothing trained, the same --out can be used again

@@ -1,6 +1,7 @@
 """The latency-budget benchmark: which student each budget picks, and what it then measures.
 
-    python benchmarks/latency/run.py            # about 10 minutes on 2 shared cores
+    python benchmarks/latency/run.py                 # about 10 minutes on 2 shared cores
+    python benchmarks/latency/run.py --render-only   # rewrite RESULTS.md from results/run.json
 
 Part 1, 224x224 (random weights, 1000 classes; no training): seven torchvision candidates are
 built, exported and timed once, as `[student] latency_budget_ms` does, and three budgets are
@@ -130,6 +131,13 @@ def render(result: dict) -> str:
         lines.append(f"| {r['budget_ms']:g} ms | {label(c)} | {c['p50_ms']:.3g} ms | {v['p50_ms']:.3g} +- "
                      f"{v['noise_ms']:.2g} ms ({v['verdict']}) | {100 * r['accuracy']:.2f}% | {same} |")
     rows = [r for r in result["digits"]["rows"] if "candidates" in r]
+    for small, large in zip(rows, rows[1:]):
+        a, b = small["candidates"][small["chosen"]], large["candidates"][large["chosen"]]
+        if b["macs"] > a["macs"] and large["accuracy"] < small["accuracy"]:
+            lines += ["", f"MACs stand in for capability in the choice rule, and here imperfectly: {label(b)} "
+                          f"({b['macs']:,} MACs) scored {100 * large['accuracy']:.2f}%, below {label(a)} "
+                          f"({a['macs']:,} MACs, {100 * small['accuracy']:.2f}%), on the same "
+                          "test images (one seed; differences of this size may be noise)."]
     if rows:
         lines += ["", "Candidates as timed in the first digits run:", "", "```",
                   choice_table([Candidate(**c) for c in rows[0]["candidates"]], rows[0]["chosen"],
@@ -139,6 +147,9 @@ def render(result: dict) -> str:
 
 def main() -> None:
     import tempfile
+    if "--render-only" in sys.argv:
+        (HERE / "RESULTS.md").write_text(render(json.loads((HERE / "results" / "run.json").read_text())))
+        return
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     result = {"command": "python benchmarks/latency/run.py", "machine": f"{cpu}, {__import__('os').cpu_count()} "
