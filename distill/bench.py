@@ -209,7 +209,7 @@ def benchmark(artifacts: Mapping[str, str | Path | Artifact | tuple[nn.Module, M
             if not any(a == teacher for a, _ in runners):
                 raise DistillError(f"teacher {teacher!r} cannot run in {', '.join(runtimes)}; expected a "
                                    "checkpoint (eager and ORT) or an ONNX file (ORT)")
-            accuracy = {key: _accuracy(fn, data, max_samples, f"accuracy {key[0]} ({key[1]})", progress)
+            accuracy = {key: runner_accuracy(fn, data, max_samples, f"accuracy {key[0]} ({key[1]})", progress)
                         for key, fn in runners.items()} if data is not None else {}
             timings = _time(runners, arts, batch_sizes, rounds, round_time, warmup, progress)
             settings = {"batch_sizes": sorted(batch_sizes), "rounds": rounds, "round_time_s": round_time,
@@ -238,7 +238,7 @@ def _check_data(arts: dict[str, Artifact], data: Data) -> None:
     fails mid-run, or a 5-class model scored on 10-class data counts every other image as a miss."""
     first = next(_batches(data, 1), None)
     if first is None:
-        return  # empty data: _accuracy says so
+        return  # empty data: runner_accuracy says so
     shape = tuple(first[0].shape[1:])
     classes = getattr(data, "num_classes", None)  # a DataBundle knows; plain tensors do not
     for art in arts.values():
@@ -272,7 +272,7 @@ def _runners(arts: dict[str, Artifact], runtimes: Sequence[str], workdir: Path, 
                 except DistillError as e:
                     raise DistillError(f"{art.onnx} is stale: {e}; expected the export of {art.file} "
                                        "(run distill export again)") from e
-            runners[art.name, "ort"] = _ort(load_onnx(art.onnx, threads))
+            runners[art.name, "ort"] = ort_runner(load_onnx(art.onnx, threads))
     return runners
 
 
@@ -283,7 +283,8 @@ def _eager(model: nn.Module) -> Runner:
     return run
 
 
-def _ort(session) -> Runner:
+def ort_runner(session) -> Runner:
+    """Run one batch (a tensor or a float32 array) through an ONNX Runtime session."""
     name = session.get_inputs()[0].name
 
     def run(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -294,33 +295,65 @@ def _ort(session) -> Runner:
 
 
 def _time(runners: dict[tuple[str, str], Runner], arts: dict[str, Artifact], batch_sizes: Sequence[int],
-          rounds: int, round_time: float, warmup: int, progress: bool) -> dict[tuple[str, str, int], np.ndarray]:
-    """Per-call seconds for every (artifact, runtime, batch), timing rounds interleaved across runners."""
-    keys = list(runners)
-    out: dict[tuple[str, str, int], list[float]] = {}
+          rounds: int, round_time: float, warmup: int,
+          progress: bool) -> dict[tuple[str, str, int], list[np.ndarray]]:
+    """Per-round per-call seconds for every (artifact, runtime, batch), rounds interleaved across runners."""
+    out: dict[tuple[str, str, int], list[np.ndarray]] = {}
     bar = tqdm(total=rounds * len(batch_sizes), desc="timing", disable=None if progress else True, leave=False)
     for batch in sorted(batch_sizes):
         inputs = {}
-        for art, rt in keys:
+        for art, rt in runners:
             x = torch.randn(batch, *arts[art].card.input_shape, generator=torch.Generator().manual_seed(0))
             inputs[art, rt] = x if rt == "eager" else np.ascontiguousarray(x.numpy())
-            for _ in range(warmup):
-                runners[art, rt](inputs[art, rt])
-            out[art, rt, batch] = []
-        for r in range(rounds):
-            for art, rt in keys[r % len(keys):] + keys[:r % len(keys)]:  # rotate who goes first
-                fn, x, times = runners[art, rt], inputs[art, rt], out[art, rt, batch]
-                deadline = time.perf_counter() + round_time
-                while True:
-                    start = time.perf_counter()
-                    fn(x)
-                    end = time.perf_counter()
-                    times.append(end - start)
-                    if end >= deadline:
-                        break
-            bar.update()
+        timed = time_interleaved(runners, inputs, rounds=rounds, round_time=round_time, warmup=warmup,
+                                 on_round=bar.update)
+        out.update({(art, rt, batch): times for (art, rt), times in timed.items()})
     bar.close()
-    return {k: np.asarray(v) for k, v in out.items()}
+    return out
+
+
+def time_interleaved(runners: Mapping[Any, Runner], inputs: Mapping[Any, Any], *, rounds: int = 20,
+                     round_time: float = 0.2, warmup: int = 3,
+                     on_round: Callable[[], Any] | None = None) -> dict[Any, list[np.ndarray]]:
+    """Per-call seconds of each runner on its input, one array per round.
+
+    Every round gives each runner at least `round_time` seconds of back-to-back calls, in an order
+    that rotates from round to round, so a burst of load from elsewhere hits all of them alike.
+    `warmup` calls per runner come first and are not timed.
+    """
+    keys = list(runners)
+    for key in keys:
+        for _ in range(warmup):
+            runners[key](inputs[key])
+    out: dict[Any, list[np.ndarray]] = {key: [] for key in keys}
+    for r in range(rounds):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:  # rotate who goes first
+            fn, x, times = runners[key], inputs[key], []
+            deadline = time.perf_counter() + round_time
+            while True:
+                start = time.perf_counter()
+                fn(x)
+                end = time.perf_counter()
+                times.append(end - start)
+                if end >= deadline:
+                    break
+            out[key].append(np.asarray(times))
+        if on_round is not None:
+            on_round()
+    return out
+
+
+def latency_stats(rounds: Sequence[np.ndarray], batch: int = 1) -> dict[str, float]:
+    """Percentiles over every call of every round; `p50_noise_ms` is how much the p50 moves from one
+    round to the next on this machine now: the robust standard deviation (1.4826 x the median
+    absolute deviation) of the rounds' own medians, so one round hit by a burst of load from
+    elsewhere does not swamp it."""
+    times = np.concatenate(list(rounds))
+    p50, p90, p99 = np.percentile(times, [50, 90, 99]) * 1e3
+    medians = np.array([np.median(r) for r in rounds])
+    noise = float(1.4826 * np.median(np.abs(medians - np.median(medians))) * 1e3)
+    return {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": times.mean() * 1e3,
+            "throughput": batch / times.mean(), "calls": len(times), "p50_noise_ms": noise}
 
 
 def _batches(data: Data, max_samples: int | None, batch_size: int = 64) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -349,7 +382,9 @@ def _count(data: Data, max_samples: int | None) -> int:
     return sum(len(y) for _, y in _batches(data, max_samples))
 
 
-def _accuracy(fn: Runner, data: Data, max_samples: int | None, desc: str, progress: bool) -> float:
+def runner_accuracy(fn: Runner, data: Data, max_samples: int | None = None, desc: str = "accuracy",
+                    progress: bool = False) -> float:
+    """Share of `data` (see `benchmark`) whose label is the top class of `fn`'s output."""
     correct = total = 0
     for x, y in tqdm(_batches(data, max_samples), desc=desc, disable=None if progress else True, leave=False):
         pred = np.asarray(fn(x)).argmax(1)
@@ -360,15 +395,9 @@ def _accuracy(fn: Runner, data: Data, max_samples: int | None, desc: str, progre
     return correct / total
 
 
-def _stats(times: np.ndarray, batch: int) -> dict[str, float]:
-    p50, p90, p99 = np.percentile(times, [50, 90, 99]) * 1e3
-    return {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": times.mean() * 1e3,
-            "throughput": batch / times.mean(), "calls": len(times)}
-
-
 def _result(arts: dict[str, Artifact], teacher: str, runners, timings, accuracy, machine, settings) -> BenchResult:
     lat_batch = min(settings["batch_sizes"])
-    p50 = {(a, rt): _stats(timings[a, rt, lat_batch], lat_batch)["p50_ms"] for a, rt in runners}
+    p50 = {(a, rt): latency_stats(timings[a, rt, lat_batch], lat_batch)["p50_ms"] for a, rt in runners}
     teacher_rt = min((rt for a, rt in runners if a == teacher), key=lambda rt: p50[teacher, rt])
     t_art, t_p50, t_acc = arts[teacher], p50[teacher, teacher_rt], accuracy.get((teacher, teacher_rt))
     rows = []
@@ -376,7 +405,7 @@ def _result(arts: dict[str, Artifact], teacher: str, runners, timings, accuracy,
         art, acc = arts[a], accuracy.get((a, rt))
         rows.append({
             "artifact": a, "runtime": rt, "precision": art.precision if rt == "ort" else "float32",
-            "batches": {str(b): _stats(timings[a, rt, b], b) for b in settings["batch_sizes"]},
+            "batches": {str(b): latency_stats(timings[a, rt, b], b) for b in settings["batch_sizes"]},
             "accuracy": acc,
             "speedup_vs_teacher": t_p50 / p50[a, rt],
             "accuracy_delta_vs_teacher": acc - t_acc if acc is not None and t_acc is not None else None,

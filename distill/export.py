@@ -323,12 +323,16 @@ def check_onnx(path: str | Path) -> None:
                            "model (this is an exporter bug: please report it)") from e
 
 
-def load_onnx(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session for `path` (all graph optimisations, `threads` intra-op threads).
+def load_onnx(path: str | Path, threads: int | None = None, provider: str = "CPUExecutionProvider"):
+    """An ONNX Runtime session for `path` (all graph optimisations, `threads` intra-op threads) on
+    `provider` (see `distill.settings.check_provider`).
 
     Spinning is off so idle ORT threads do not steal cores from other models timed in between.
     """
     import onnxruntime as ort
+
+    from .settings import check_provider
+    check_provider(provider)
     path = Path(path)
     _load_proto(path)  # a clear error for a missing or non-ONNX file
     opts = ort.SessionOptions()
@@ -340,7 +344,7 @@ def load_onnx(path: str | Path, threads: int | None = None):
         opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=[provider])
     except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
         raise DistillError(f"ONNX Runtime cannot load {path}: {_first_line(e)}; expected a file written "
                            "by distill export") from e

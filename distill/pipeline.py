@@ -19,8 +19,8 @@ import torch
 from . import distributed
 from .files import refuse_overwrite
 from .model_data import data_for_recipe
-from .phases import (RunContext, baseline_phase, bench_phase, export_phase, gain_phase, preflight,
-                     prune_phase, pseudo_label_phase, student_phase, teacher_phase)
+from .phases import (RunContext, baseline_phase, bench_phase, choose_phase, export_phase, gain_phase, preflight,
+                     prune_phase, pseudo_label_phase, student_phase, teacher_phase, verify_budget_phase)
 from .recipe import Recipe, to_toml
 from .rundir import RunDir
 from .seeds import pool_seeds
@@ -84,6 +84,7 @@ def _input_files(recipe: Recipe) -> list[str]:
 def _run_phases(recipe: Recipe, run: RunDir, device: torch.device, data_root: str | None,
                 progress: bool) -> dict[str, Any]:
     ctx = RunContext(recipe, run, data_for_recipe(recipe, data_root), device, progress)
+    choose_phase(ctx)  # a latency budget picks the student (ctx.recipe); `recipe` stays the one recorded
     preflight(ctx)
     if distributed.is_main():
         run.begin(to_toml(recipe))
@@ -98,6 +99,7 @@ def _run_phases(recipe: Recipe, run: RunDir, device: torch.device, data_root: st
     if recipe.prune.enabled:
         prune_phase(ctx, student)
     onnx_files = export_phase(ctx) if recipe.export.enabled else {}
+    verify_budget_phase(ctx, onnx_files)
     if recipe.bench.enabled:
         bench_phase(ctx, onnx_files)
     ctx.metrics["wall_seconds"] = round(time.perf_counter() - started, 1)

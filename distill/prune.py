@@ -15,11 +15,12 @@ still loads with `weights_only=True`.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch_pruning as tp
@@ -36,6 +37,8 @@ TOLERANCE = 0.05  # the achieved MACs ratio counts as on target within 5% of it
 _MAX_RATIO = 0.9  # no round removes more than 90% of a layer's channels
 _STRIDE = 0.01  # the smallest step of a round: 1% of its channels
 _AIM = 1.01  # a round stops once the MACs are within 1% above its goal
+ROUND_TOS = (1, 8, 16)  # channel roundings tried at the last step of pruning to a latency budget
+LATENCY_STEP = 0.8  # each step towards a latency budget keeps this share of the MACs
 
 
 @dataclass
@@ -51,10 +54,15 @@ class PruneReport:
     steps: int
     importance: str
     latency_ms_before: float | None = None  # batch of one, best of 20; measured only when asked
-    latency_ms_after: float | None = None
+    latency_ms_after: float | None = None   # (ONNX Runtime p50 when pruning to a latency budget)
+    latency_budget_ms: float | None = None  # set: pruned to this latency, not to `target` MACs
+    round_to: int | None = None             # the channel rounding kept (chosen for speed with a budget)
+    trials: list[dict] = field(default_factory=list)  # with a budget: every step and rounding timed
 
     @property
     def on_target(self) -> bool:
+        if self.latency_budget_ms is not None:
+            return self.latency_ms_after is not None and self.latency_ms_after <= self.latency_budget_ms
         return abs(self.ratio - self.target) <= TOLERANCE * self.target
 
     def summary(self) -> str:
@@ -67,9 +75,15 @@ class PruneReport:
                          f"{self.latency_ms_after:.2f}", self.latency_ms_after / self.latency_ms_before))
         lines = [f"{'':<22}{'before':>10}{'after':>10}{'kept':>8}"]  # kept = after / before
         lines += [f"{name:<22}{before:>10}{after:>10}{kept:>8.1%}" for name, before, after, kept in rows]
+        steps = f"{self.importance} importance, {self.steps} step{'s' * (self.steps != 1)}"
+        if self.latency_budget_ms is not None:
+            met = "met" if self.on_target else "NOT met"
+            lines.append(f"target: {self.latency_budget_ms:g} ms ONNX latency at batch 1 ({met}); {steps}; channels "
+                         f"rounded to multiples of {self.round_to} (the fastest of {', '.join(map(str, ROUND_TOS))} "
+                         "at the last step)")
+            return "\n".join(lines)
         verdict = "on target" if self.on_target else f"OFF target by more than {TOLERANCE:.0%}"
-        lines.append(f"target: keep {self.target:.0%} of the MACs ({verdict}); {self.importance} "
-                     f"importance, {self.steps} step{'s' * (self.steps != 1)}")
+        lines.append(f"target: keep {self.target:.0%} of the MACs ({verdict}); {steps}")
         return "\n".join(lines)
 
 
@@ -225,19 +239,78 @@ def _latency_ms(model: nn.Module, x: Tensor, runs: int = 20, warmup: int = 5) ->
     return min(times[warmup:])
 
 
+def prune_to_latency(model: nn.Module, example_input: Tensor, budget_ms: float,
+                     latency_ms: Callable[[nn.Module], float], *, importance: str = "magnitude",
+                     step: float = LATENCY_STEP, max_steps: int = 25, search_round_to: int = 8,
+                     calibration: tuple[Tensor, Tensor] | None = None,
+                     ignored_layers: Iterable[nn.Module | str] | None = None) -> tuple[nn.Module, PruneReport]:
+    """A copy of `model` pruned step by step until `latency_ms(model)` is within `budget_ms` (the
+    model itself when it already is); the pruned model and what was done.
+
+    Each step keeps `step` of the MACs the model has then (channels rounded to `search_round_to`)
+    and times the result. The step that reaches the budget is redone from the model before it with
+    every rounding of ROUND_TOS, and the fastest result kept: rounding changes which kernels run,
+    and the best multiple depends on the runtime, so it is measured rather than fixed.
+    """
+    from .latency import check_budget
+    budget_ms = check_budget(budget_ms)
+    names = {id(m): n for n, m in model.named_modules()}  # copies are pruned: name layers, not modules
+    ignored = [names[id(x)] if isinstance(x, nn.Module) else x for x in ignored_layers or []]
+    macs_before, params_before, _ = _count(model, example_input)
+    before = after = latency_ms(model)
+    current, trials, rounding = model, [], None
+    for k in range(1, max_steps + 1):
+        if after <= budget_ms:
+            break
+        tried = {}
+        for r in [search_round_to] + [r for r in ROUND_TOS if r != search_round_to]:
+            trial = copy.deepcopy(current)
+            try:
+                prune_model(trial, example_input, macs_ratio=step, importance=importance, steps=1, round_to=r,
+                            calibration=calibration, ignored_layers=ignored)
+            except DistillError as e:
+                if tried:  # this rounding cannot take the step: others can
+                    continue
+                raise DistillError(f"cannot prune {type(model).__name__} to {budget_ms:g} ms: after {k - 1} "
+                                   f"step(s) it takes {after:.3g} ms and cannot be pruned further ({e}); "
+                                   "expected a larger latency budget") from e
+            tried[r] = (trial, latency_ms(trial))
+            trials.append({"step": k, "round_to": r, "macs": _count(trial, example_input)[0],
+                           "latency_ms": tried[r][1]})
+            if r == search_round_to and tried[r][1] > budget_ms:
+                break  # not the last step: keep rounding to `search_round_to`
+        rounding = min(tried, key=lambda r: tried[r][1])
+        current, after = tried[rounding]
+    if after > budget_ms:
+        raise DistillError(f"cannot prune {type(model).__name__} to {budget_ms:g} ms in {max_steps} steps: it "
+                           f"stopped at {after:.3g} ms; expected a larger latency budget")
+    macs_after, params_after, _ = _count(current, example_input)
+    return current, PruneReport(macs_before, macs_after, params_before, params_after, macs_after / macs_before,
+                                macs_after / macs_before, len({t["step"] for t in trials}), importance, before,
+                                after, budget_ms, rounding, trials)
+
+
 def prune_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, macs_ratio: float = 0.5,
                      importance: str = "magnitude", steps: int = 5, round_to: int = 8,
                      calibration: tuple[Tensor, Tensor] | None = None,
                      ignored_layers: Iterable[nn.Module | str] | None = None,
-                     latency: bool = False, trust_code: bool | Iterable[str] = False) -> PruneReport:
-    """Prune the model of a distill checkpoint (see `prune_model`) and save it, still self-describing.
+                     latency: bool = False, latency_budget_ms: float | None = None,
+                     trust_code: bool | Iterable[str] = False) -> PruneReport:
+    """Prune the model of a distill checkpoint (see `prune_model`, or `prune_to_latency` with
+    `latency_budget_ms`: ONNX Runtime on the CPU at batch 1) and save it, still self-describing.
     `trust_code` as in `load_checkpoint`."""
     check_prune(macs_ratio, importance, steps, round_to)
     model, card = load_checkpoint(path, trust_code)
     example = torch.randn(1, *card.input_shape, generator=torch.Generator().manual_seed(0))
-    report = prune_model(model, example, macs_ratio=macs_ratio, importance=importance, steps=steps,
-                         round_to=round_to, calibration=calibration, ignored_layers=ignored_layers,
-                         latency=latency)
+    if latency_budget_ms is not None:
+        from .latency import onnx_latency
+        model, report = prune_to_latency(model, example, latency_budget_ms, onnx_latency(card.input_shape),
+                                         importance=importance, calibration=calibration,
+                                         ignored_layers=ignored_layers)
+    else:
+        report = prune_model(model, example, macs_ratio=macs_ratio, importance=importance, steps=steps,
+                             round_to=round_to, calibration=calibration, ignored_layers=ignored_layers,
+                             latency=latency)
     save_checkpoint(out, model, replace(card, pruned=True),
                     extra={"pruned_from": str(path), "prune": asdict(report)})
     return report

@@ -32,7 +32,7 @@ from .errors import DistillError, did_you_mean
 from .losses import LOSSES, build_loss
 from .models.options import OptionError
 from .models.registry import BUILD_ARGUMENTS, available_models, build_model, small_input_models
-from .settings import Schedule, Speed, check_cache, check_device, check_prune
+from .settings import Schedule, Speed, check_cache, check_device, check_prune, check_provider
 from .strategy import STRATEGIES as TEACHER_STRATEGIES
 
 
@@ -62,6 +62,14 @@ class DataSpec:
 
 
 @dataclass
+class CandidateSpec:
+    """A student to choose from for a latency budget: a model and its options, as `[student]` takes them."""
+
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ModelSpec:
     """A model and how its phase trains. Schedule keys mirror `distill.Schedule`."""
 
@@ -86,6 +94,10 @@ class ModelSpec:
     warmup_epochs: int = 0
     augment: bool = True              # false: this role trains on plain images even when data.augment
                                       # (Hinton's students learn from the jittered teacher on plain ones)
+    latency_budget_ms: float | None = None   # students: choose the most capable candidate that fits
+    latency_batch: int = 1                   # ... timed at this batch size
+    latency_provider: str = "CPUExecutionProvider"   # ... in this ONNX Runtime execution provider
+    candidates: list[CandidateSpec] = field(default_factory=list)  # default: the model's size family
 
     def schedule(self) -> Schedule:
         names = {f.name for f in dataclasses.fields(Schedule)}
@@ -138,6 +150,7 @@ class ExportSpec:
     int8: bool = False
     atol: float = 1e-4
     calibration_images: int = 256
+    int8_max_drop: float = 1.0        # int8 is kept only if faster and at most this many points less accurate
 
 
 @dataclass
@@ -162,6 +175,7 @@ class PruneSpec:
     epochs: int = 5
     lr: float = 0.01
     batch_size: int = 64
+    latency_budget_ms: float | None = None  # prune until the ONNX latency fits (instead of `macs`)
 
 
 @dataclass
@@ -461,6 +475,8 @@ def _check(r: Recipe) -> None:
     _check_distill(r.distill)
     _checked("speed.", Speed, amp=r.speed.amp)
     _check_prune(r.prune)
+    _check_latency(r)
+    _not_negative(r.export.int8_max_drop, "export.int8_max_drop")
     _positive(r.export.atol, "export.atol")
     _positive(r.export.calibration_images, "export.calibration_images", integer=True)
     for key in ("batch_size", "rounds"):
@@ -527,11 +543,7 @@ def _checked(where: str, check, *args: Any, **kwargs: Any) -> Any:
 
 def _check_model_spec(spec: ModelSpec, role: str) -> None:
     _checked(f"{role}.", spec.schedule)
-    for key in spec.options:
-        if key in BUILD_ARGUMENTS:
-            raise DistillError(f"{role}.options.{key}: expected a keyword argument of the model's constructor; "
-                               f"{key!r} is set by distill (num_classes and input_shape come from the data, "
-                               f"weights from {role}.weights)")
+    _check_build_arguments(spec.options, role)
     _not_negative(spec.backbone_lr_scale, f"{role}.backbone_lr_scale")
     if spec.strategy is None:
         spec.strategy = "full" if spec.weights else "scratch"
@@ -542,7 +554,44 @@ def _check_model_spec(spec: ModelSpec, role: str) -> None:
     _check_model_options(spec, role)
 
 
-def _check_model_options(spec: ModelSpec, role: str) -> None:
+def _check_build_arguments(options: dict[str, Any], role: str) -> None:
+    for key in options:
+        if key in BUILD_ARGUMENTS:
+            raise DistillError(f"{role}.options.{key}: expected a keyword argument of the model's constructor; "
+                               f"{key!r} is set by distill (num_classes and input_shape come from the data, "
+                               f"weights from {role.split('.')[0]}.weights)")
+
+
+def _check_latency(r: Recipe) -> None:
+    """The latency budget keys: on the student only, a positive budget, a provider ONNX Runtime has,
+    and candidates validated as `[student]` is."""
+    t, s = r.teacher, r.student
+    if t.latency_budget_ms is not None or t.candidates:
+        raise DistillError("teacher.latency_budget_ms / teacher.candidates: a latency budget chooses the "
+                           "student; expected them under [student]")
+    if s.candidates and s.latency_budget_ms is None:
+        raise DistillError("student.candidates: candidates are chosen from by a latency budget; expected "
+                           "student.latency_budget_ms too")
+    for key, budget in (("student", s.latency_budget_ms), ("prune", r.prune.latency_budget_ms)):
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise DistillError(f"{key}.latency_budget_ms: expected a positive number of milliseconds, got {budget!r}")
+    _positive(s.latency_batch, "student.latency_batch", integer=True)
+    if r.prune.latency_budget_ms is not None and not r.prune.enabled:
+        raise DistillError("prune.latency_budget_ms: pruning is off; expected prune.enabled = true with it")
+    if s.latency_budget_ms is None and r.prune.latency_budget_ms is None:
+        return
+    if s.checkpoint and s.latency_budget_ms is not None:
+        raise DistillError("student.checkpoint: a given student is not chosen by latency; expected either "
+                           "student.checkpoint or student.latency_budget_ms")
+    _checked("student.latency_provider", check_provider, s.latency_provider)
+    for i, c in enumerate(s.candidates):
+        where = f"student.candidates.{i}"
+        _check_build_arguments(c.options, where)
+        _check_model_name(c.model, f"{where}.model")
+        _check_model_options(c, where)
+
+
+def _check_model_options(spec: ModelSpec | CandidateSpec, role: str) -> None:
     """Build a built-in model on the meta device (no memory, no weights, milliseconds), so options
     that make no sense (a width of 0) fail now under their key, not after the data has loaded.
     Torchvision and user models are left to build time: their constructors are not ours."""

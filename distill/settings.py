@@ -154,5 +154,14 @@ def check_prune(macs: float, importance: str, steps: int, round_to: int = 1) -> 
         raise DistillError(f"round_to: expected an integer >= 1 (1 = no rounding), got {round_to!r}")
 
 
+def check_provider(provider: str) -> None:
+    """An ONNX Runtime execution provider this installation has (CPUExecutionProvider always)."""
+    import onnxruntime
+    available = onnxruntime.get_available_providers()
+    if provider not in available:
+        raise DistillError(f"latency provider {provider!r} is not available in this ONNX Runtime; expected one "
+                           f"of {', '.join(available)}{did_you_mean(str(provider), available)}")
+
+
 def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .latency import budget_summary
 from .models.stats import si
 
 ROWS = ("teacher", "student", "baseline", "pseudo", "pruned")
@@ -29,6 +30,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
         lines.append(f"pruned student: {100 * p['macs_ratio']:.1f}% of the student's MACs (target "
                      f"{100 * p['macs_target']:.0f}%{miss}), accuracy {p['accuracy_after_pruning']:.4f} right after "
                      f"pruning, {p['test_accuracy']:.4f} after recovery by {p['recovery']}")
+    lines += budget_summary(metrics)
     if "bench" in metrics:
         lines += _speed_lines(metrics["bench"])
     return "\n".join(lines)

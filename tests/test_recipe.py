@@ -106,7 +106,10 @@ HOSTILE_TEXT = 'a "quoted"\nline\\two\ttab\rcr \x01\x1f\x7f bell\x07 é ünï �
 # valid value in the round trip below; every other string field gets HOSTILE_TEXT.
 CHOICE_FIELDS = {"device", "speed.amp", "distill.cache_dtype", "prune.recovery", "prune.importance",
                  "distill.terms.0.loss", "teacher.optimizer", "teacher.scheduler", "teacher.strategy",
-                 "student.optimizer", "student.scheduler", "student.strategy"}
+                 "student.optimizer", "student.scheduler", "student.strategy",
+                 # provider names ONNX Runtime checks; candidates only with a budget (test_latency.py)
+                 "teacher.latency_provider", "student.latency_provider",
+                 "teacher.candidates.0.model", "student.candidates.0.model"}
 SPECIAL = {"name": HOSTILE_TEXT.replace("\\", "|"),  # one folder: any text but path separators
            "teacher.model": "my.models:" + HOSTILE_TEXT, "student.model": "my.models:" + HOSTILE_TEXT}
 

@@ -12,6 +12,9 @@ from .options import POSITIVE
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--macs", "macs_ratio", type=float, default=0.5, show_default=True,
               help="Fraction of the original MACs to keep, between 0 and 1 (0.5 = half).")
+@click.option("--latency-ms", type=float, default=None,
+              help="Instead of --macs: prune step by step until the ONNX Runtime latency (CPU, batch 1, p50) is "
+                   "at most this many milliseconds; channel rounding is chosen for speed (--round-to is ignored).")
 @click.option("--importance", default="magnitude", show_default=True,
               help="How channels are ranked: magnitude, taylor (needs data, see --data) or lamp.")
 @click.option("--steps", type=POSITIVE, default=5, show_default=True,
@@ -28,7 +31,7 @@ from .options import POSITIVE
 @click.option("--trust-code", is_flag=True,
               help="Let checkpoints build 'package.module:factory' models, running that code: only for "
                    "files you trust.")
-def prune(checkpoint: str, macs_ratio: float, importance: str, steps: int, round_to: int,
+def prune(checkpoint: str, macs_ratio: float, latency_ms: float | None, importance: str, steps: int, round_to: int,
           dataset: str | None, data_root: str | None, batch: int, output: str | None, trust_code: bool) -> None:
     """Prune whole channels from CHECKPOINT's model (structured pruning with torch-pruning) until
     its MACs are --macs of the original, and save a smaller model that loads like any checkpoint.
@@ -37,6 +40,7 @@ def prune(checkpoint: str, macs_ratio: float, importance: str, steps: int, round
     Examples:
       distill prune runs/quickstart/student.pt --macs 0.5 -o student-half.pt
       distill prune teacher.pt --macs 0.3 --importance taylor --data cifar10 --steps 10
+      distill prune runs/quickstart/student.pt --latency-ms 0.5   # to a latency budget
 
     Prune, then fine-tune (distil from the unpruned model) to win back accuracy.
     """
@@ -45,6 +49,9 @@ def prune(checkpoint: str, macs_ratio: float, importance: str, steps: int, round
     from ..settings import check_prune
 
     check_prune(macs_ratio, importance, steps, round_to)
+    if latency_ms is not None:
+        from ..latency import check_budget
+        check_budget(latency_ms, "--latency-ms")
     out = Path(output) if output else Path(checkpoint).with_suffix(".pruned.pt")
     refuse_overwrite([("--output", out)], [checkpoint, dataset])
     calibration = None
@@ -54,7 +61,7 @@ def prune(checkpoint: str, macs_ratio: float, importance: str, steps: int, round
         click.echo(f"warning: --data is only used by taylor importance, not {importance}", err=True)
     report = prune_checkpoint(checkpoint, out, macs_ratio=macs_ratio, importance=importance,
                               steps=steps, round_to=round_to, calibration=calibration, latency=True,
-                              trust_code=trust_code)
+                              latency_budget_ms=latency_ms, trust_code=trust_code)
     click.echo(report.summary())
     click.echo(f"wrote {out}")
 

@@ -7,6 +7,7 @@ from .. import distributed
 from ..bench import BenchResult, benchmark, write_report
 from ..data import take_batch
 from ..export import export_onnx, quantize_int8
+from ..latency import compare_int8
 from .context import RunContext, recipe_trust
 
 STUDENTS = ("student", "pruned")
@@ -26,10 +27,27 @@ def export_phase(ctx: RunContext) -> dict[str, Path]:
         onnx_files[role] = path
         if spec.int8:
             calibration = take_batch(ctx.data.train_plain, spec.calibration_images)[0]
-            onnx_files[f"{role}.int8"] = quantize_int8(path, ctx.run.path / f"{role}.int8.onnx", calibration)
+            int8 = quantize_int8(path, ctx.run.path / f"{role}.int8.onnx", calibration)
+            if _int8_guard(ctx, role, path, int8):
+                onnx_files[f"{role}.int8"] = int8
         if ctx.progress:
             print(report.summary())
     return onnx_files
+
+
+def _int8_guard(ctx: RunContext, role: str, float_file: Path, int8_file: Path) -> bool:
+    """Keep the int8 file only if it is faster and at most `export.int8_max_drop` points less
+    accurate on the test set (timed as a latency budget is); else remove it and say why."""
+    s = ctx.recipe.student
+    result = compare_int8(float_file, int8_file, ctx.data.input_shape, ctx.data.test,
+                          max_drop_points=ctx.recipe.export.int8_max_drop, batch=s.latency_batch,
+                          provider=s.latency_provider)
+    ctx.metrics["export"][role]["int8"] = result
+    if not result["kept"]:
+        int8_file.unlink(missing_ok=True)
+    if ctx.progress:
+        print(f"{role}: {result['reason']}")
+    return result["kept"]
 
 
 def bench_phase(ctx: RunContext, onnx_files: dict[str, Path]) -> None:
