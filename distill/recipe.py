@@ -342,7 +342,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        expected = {"loss": "a loss name (kd, dkd, hint, at, rkd, sp, pkt)"}.get(missing[0], "a value")
+        expected = {"loss": "a loss name (" + ", ".join(LOSSES) + ")"}.get(missing[0], "a value")
         raise DistillError(f"{_join(path, missing[0])} is required; expected {expected}")
     return cls(**kwargs)
 

@@ -10,6 +10,7 @@ import inspect
 from torch import nn
 
 from ..errors import DistillError, did_you_mean
+from .dist import DISTLoss
 from .feature import AttentionTransfer, HintLoss
 from .relation import PKTLoss, RKDLoss, SimilarityPreserving
 from .response import DKDLoss, KDLoss
@@ -22,6 +23,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "rkd": RKDLoss,
     "sp": SimilarityPreserving,
     "pkt": PKTLoss,
+    "dist": DISTLoss,
 }
 
 
@@ -42,4 +44,4 @@ def build_loss(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = ["LOSSES", "build_loss", "KDLoss", "DKDLoss", "HintLoss", "AttentionTransfer",
-           "RKDLoss", "SimilarityPreserving", "PKTLoss"]
+           "RKDLoss", "SimilarityPreserving", "PKTLoss", "DISTLoss"]
