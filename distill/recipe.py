@@ -32,6 +32,7 @@ from .errors import DistillError, did_you_mean
 from .losses import LOSSES, build_loss
 from .models.options import OptionError
 from .models.registry import BUILD_ARGUMENTS, available_models, build_model, small_input_models
+from .models.timm_models import check_timm_name, is_timm_name
 from .settings import Schedule, Speed, check_cache, check_device, check_prune
 from .strategy import STRATEGIES as TEACHER_STRATEGIES
 
@@ -572,6 +573,9 @@ def _check_prune(p: PruneSpec) -> None:
 
 
 def _check_model_name(name: str, path: str) -> None:
+    if is_timm_name(name):
+        _checked(path, check_timm_name, name)
+        return
     if ":" in name:
         return
     models = available_models()
