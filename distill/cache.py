@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .errors import DistillError
 from .files import atomic_write_text, ensure_free_space
+from .models.ensemble import teacher_logits
 from .settings import check_cache
 from .taps import LOGITS, FeatureTaps
 
@@ -264,7 +265,7 @@ def _run_teacher(teacher: nn.Module, source: ViewDataset, paths: list[str], dire
             for images, _ in tqdm(loader, desc=f"teacher cache view {view + 1}/{source.views}", leave=False,
                                   disable=None if progress else True):
                 with torch.inference_mode():
-                    logits = teacher(images.to(device))
+                    logits = teacher_logits(teacher, images.to(device))  # an Ensemble's: [N, M, C]
                     outputs = {**taps.outputs, LOGITS: logits}
                 if not arrays:  # memory maps are sparse files: a full disk would kill the run with SIGBUS
                     _ensure_space_for(directory, paths, outputs, source.views * n, np.dtype(dtype).itemsize)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import DistillError
+from .models.ensemble import Ensemble, teacher_logits
 from .taps import LOGITS, FeatureTaps, check_path
 
 
@@ -139,7 +140,7 @@ class Distiller(nn.Module):
                                f"{s_out[LOGITS].shape[-1]}; expected the same class count")
         connectors = {}
         for term in self.terms:
-            s_shape, t_shape = s_out[term.student].shape[1:], t_out[term.teacher].shape[1:]
+            s_shape, t_shape = s_out[term.student].shape[1:], self._teacher_side(term, t_out).shape[1:]
             if getattr(term.loss, "needs_same_shape", False) and s_shape != t_shape:
                 connectors[term.name] = make_connector(s_shape, t_shape).to(probe.device)
         return connectors
@@ -150,9 +151,18 @@ class Distiller(nn.Module):
 
     def _teacher_features(self, images: Tensor) -> dict[str, Tensor]:
         with torch.inference_mode():
-            logits = self.teacher(images)
+            logits = teacher_logits(self.teacher, images)  # [N, M, C] from an Ensemble
         # hooked features are already ordinary tensors (see FeatureTaps); the logits need a copy
         return {**self._teacher_taps.outputs, LOGITS: logits.clone()}
+
+    def _teacher_side(self, term: Term, t_out: dict[str, Tensor]) -> Tensor:
+        """The teacher output `term` compares: an Ensemble's stacked logits reach only the losses
+        that average the members' probabilities themselves (`accepts_members`), the rest get the
+        ensemble's combined [N, C] logits (see distill.models.ensemble)."""
+        t = t_out[term.teacher]
+        if isinstance(self.teacher, Ensemble) and term.teacher == LOGITS and t.dim() == 3:
+            t = self.teacher.target_for(t, getattr(term.loss, "accepts_members", False))
+        return t
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
@@ -177,7 +187,7 @@ class Distiller(nn.Module):
                 losses["ce"] = self.ce_weight * F.cross_entropy(_full_precision(logits), targets)
             for term in self.terms:
                 s = _full_precision(compared[term.name])
-                t = t_out[term.teacher].to(s.dtype)
+                t = self._teacher_side(term, t_out).to(s.dtype)
                 value = term.loss(s, t, targets) if getattr(term.loss, "needs_targets", False) else term.loss(s, t)
                 losses[term.name] = term.weight_at(self.epoch) * value
         return logits, losses

@@ -5,7 +5,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from .response import check_option, check_same_shape
+from .response import check_option, check_teacher_logits, soft_targets
 
 PEARSON_EPS = 1e-8  # added to the product of norms, as in the authors' code
 
@@ -32,6 +32,7 @@ class DISTLoss(nn.Module):
 
     needs_targets: ClassVar[bool] = False
     needs_same_shape: ClassVar[bool] = False
+    accepts_members: ClassVar[bool] = True  # an ensemble's [N, M, C] logits: see soft_targets
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
         super().__init__()
@@ -40,10 +41,10 @@ class DISTLoss(nn.Module):
         self.temperature = check_option("DISTLoss", "temperature", temperature)
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        check_same_shape("DISTLoss", student_logits, teacher_logits, "logits [batch, classes] of equal size")
+        check_teacher_logits("DISTLoss", student_logits, teacher_logits)
         T = self.temperature
         y_s = (student_logits / T).softmax(dim=1)
-        y_t = (teacher_logits.detach() / T).softmax(dim=1)
+        y_t = soft_targets(teacher_logits, T).exp()
         inter = 1 - pearson_rows(y_s, y_t).mean()
         intra = 1 - pearson_rows(y_s.T, y_t.T).mean()
         return T * T * (self.beta * inter + self.gamma * intra)

@@ -49,6 +49,30 @@ def standardize_logits(logits: Tensor) -> Tensor:
     return (logits - mean) / (STANDARDIZE_EPS + std)
 
 
+def check_teacher_logits(owner: str, student: Tensor, teacher: Tensor) -> None:
+    """Student logits [N, C]; teacher logits [N, C], or [N, M, C] for the M members of an ensemble."""
+    members = teacher.dim() == 3 and student.dim() == 2 and teacher.shape[::2] == student.shape
+    if not members:
+        check_same_shape(owner, student, teacher, "logits [batch, classes] of equal size (or the teacher's "
+                         "[batch, members, classes] from an ensemble)")
+
+
+def soft_targets(teacher_logits: Tensor, temperature: float, standardize: bool = False) -> Tensor:
+    """log p_T, the teacher's softened class probabilities [N, C] at `temperature`, as log-probs.
+
+    For an ensemble's stacked logits [N, M, C], p_T is the average of the members' probabilities
+    at T (Hinton et al. 2015, section 2): log p_T = logsumexp_m log softmax(z_m / T) - log M.
+    `standardize` z-scores each member's logits first.
+    """
+    z = teacher_logits.detach()
+    if standardize:
+        z = standardize_logits(z)
+    log_p = F.log_softmax(z / temperature, dim=-1)
+    if z.dim() == 3:
+        log_p = torch.logsumexp(log_p, dim=1) - math.log(z.shape[1])
+    return log_p
+
+
 def _kl(log_q_student: Tensor, log_p_teacher: Tensor) -> Tensor:
     """KL(p || q) summed over the last dimension, mean over the batch; both arguments are log-probs."""
     return F.kl_div(log_q_student, log_p_teacher, reduction="batchmean", log_target=True)
@@ -65,6 +89,7 @@ class KDLoss(nn.Module):
 
     needs_targets: ClassVar[bool] = False
     needs_same_shape: ClassVar[bool] = False
+    accepts_members: ClassVar[bool] = True  # an ensemble's [N, M, C] logits: see soft_targets
 
     def __init__(self, temperature: float = 4.0, standardize: bool = False) -> None:
         super().__init__()
@@ -72,13 +97,11 @@ class KDLoss(nn.Module):
         self.standardize = check_flag("KDLoss", "standardize", standardize)
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        check_same_shape("KDLoss", student_logits, teacher_logits, "logits [batch, classes] of equal size")
-        z_s, z_t = student_logits, teacher_logits.detach()
-        if self.standardize:
-            z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
+        check_teacher_logits("KDLoss", student_logits, teacher_logits)
+        z_s = standardize_logits(student_logits) if self.standardize else student_logits
         T = self.temperature
         log_q = F.log_softmax(z_s / T, dim=1)
-        log_p = F.log_softmax(z_t / T, dim=1)
+        log_p = soft_targets(teacher_logits, T, self.standardize)
         return T * T * _kl(log_q, log_p)
 
     def extra_repr(self) -> str:
@@ -100,6 +123,7 @@ class DKDLoss(nn.Module):
 
     needs_targets: ClassVar[bool] = True
     needs_same_shape: ClassVar[bool] = False
+    accepts_members: ClassVar[bool] = True  # an ensemble's [N, M, C] logits: see soft_targets
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
                  standardize: bool = False) -> None:
@@ -110,15 +134,14 @@ class DKDLoss(nn.Module):
         self.standardize = check_flag("DKDLoss", "standardize", standardize)
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor) -> Tensor:
-        check_same_shape("DKDLoss", student_logits, teacher_logits, "logits [batch, classes] of equal size")
+        check_teacher_logits("DKDLoss", student_logits, teacher_logits)
         if targets.shape != student_logits.shape[:1]:
             raise DistillError(f"DKDLoss: targets have shape {tuple(targets.shape)}; expected class "
                                f"indices of shape ({student_logits.shape[0]},)")
-        z_s, z_t = student_logits, teacher_logits.detach()
-        if self.standardize:
-            z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
         T = self.temperature
-        z_s, z_t = z_s / T, z_t / T
+        # both sides as log p_T (z / T up to a per-row shift, which DKD ignores), computed alike
+        z_s = F.log_softmax((standardize_logits(student_logits) if self.standardize else student_logits) / T, dim=1)
+        z_t = soft_targets(teacher_logits, T, self.standardize)
         is_target = torch.zeros_like(z_s, dtype=torch.bool).scatter_(1, targets.long().unsqueeze(1), True)
         tckd = _kl(self._binary_log_probs(z_s, is_target), self._binary_log_probs(z_t, is_target))
         nckd = _kl(self._non_target_log_probs(z_s, is_target), self._non_target_log_probs(z_t, is_target))
