@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .distiller import SAMPLE_INDEX
 from .errors import DistillError
 from .files import atomic_write_text, ensure_free_space
 from .models.ensemble import teacher_logits
@@ -108,7 +109,8 @@ class ViewDataset(Dataset):
 
 
 class CachedTeacherDataset(ViewDataset):
-    """Yields (image, target, {path: teacher output}) with the teacher's outputs read from the cache."""
+    """Yields (image, target, {path: teacher output, SAMPLE_INDEX: index}) with the teacher's outputs
+    read from the cache (and the sample's index, for the terms that need it)."""
 
     def __init__(self, dataset: Dataset, cache: "TeacherCache") -> None:
         super().__init__(dataset, cache.views, cache.seed)
@@ -117,7 +119,7 @@ class CachedTeacherDataset(ViewDataset):
     def __getitem__(self, index: int):
         view = self.epoch % self.views
         image, target = self._sample(index, view)
-        return image, target, self.cache.row(view, index)
+        return image, target, {**self.cache.row(view, index), SAMPLE_INDEX: torch.tensor(index)}
 
 
 class TeacherCache:

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from .errors import DistillError
 from .models.ensemble import Ensemble, teacher_logits
 from .taps import LOGITS, FeatureTaps, check_path
+
+SAMPLE_INDEX = "sample_index"  # the key of the samples' training-set indices among the extra batch inputs
 
 
 @dataclass
@@ -103,8 +106,17 @@ class Distiller(nn.Module):
         self.epoch = 0  # set by fit (set_epoch) for terms with a warm-up
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """What the optimizer updates: the student and the connectors, never the teacher."""
-        return [p for p in (*self.student.parameters(), *self.connectors.parameters()) if p.requires_grad]
+        """What the optimizer updates: the student, the connectors and the terms' own parameters
+        (CRD's embedding heads), never the teacher."""
+        return [p for p in (*self.student.parameters(), *self.connectors.parameters(),
+                            *self.stateful_terms.parameters()) if p.requires_grad]
+
+    @property
+    def stateful_terms(self) -> nn.ModuleDict:
+        """The terms whose losses hold parameters or buffers (CRD's heads and memory banks): part
+        of what a resume file must hold."""
+        return nn.ModuleDict({t.name: t.loss for t in self.terms
+                              if next(t.loss.parameters(), None) is not None or next(t.loss.buffers(), None) is not None})
 
     def close(self) -> None:
         """Remove the feature hooks from both models and drop the features they last captured, so
@@ -141,6 +153,8 @@ class Distiller(nn.Module):
         connectors = {}
         for term in self.terms:
             s_shape, t_shape = s_out[term.student].shape[1:], self._teacher_side(term, t_out).shape[1:]
+            if hasattr(term.loss, "bind"):  # heads sized by the features (CRD)
+                term.loss.to(probe.device).bind(s_shape, t_shape)
             if getattr(term.loss, "needs_same_shape", False) and s_shape != t_shape:
                 connectors[term.name] = make_connector(s_shape, t_shape).to(probe.device)
         return connectors
@@ -171,8 +185,11 @@ class Distiller(nn.Module):
 
     def forward(self, images: Tensor, targets: Tensor,
                 teacher_outputs: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """`teacher_outputs` (e.g. from a cache) replaces the teacher's forward pass."""
-        t_out = teacher_outputs if teacher_outputs is not None else self._teacher_features(images)
+        """`teacher_outputs` (e.g. from a cache) replaces the teacher's forward pass; its
+        SAMPLE_INDEX entry, the samples' training-set indices, goes to the terms that need them."""
+        extra = dict(teacher_outputs) if teacher_outputs is not None else {}
+        indices = extra.pop(SAMPLE_INDEX, None)
+        t_out = extra if extra else self._teacher_features(images)
         s_out = self._student_features(images)
         logits = s_out[LOGITS]
         compared = {}  # the student side of each term, mapped to the teacher's shape where needed
@@ -188,9 +205,36 @@ class Distiller(nn.Module):
             for term in self.terms:
                 s = _full_precision(compared[term.name])
                 t = self._teacher_side(term, t_out).to(s.dtype)
-                value = term.loss(s, t, targets) if getattr(term.loss, "needs_targets", False) else term.loss(s, t)
-                losses[term.name] = term.weight_at(self.epoch) * value
+                losses[term.name] = term.weight_at(self.epoch) * self._call(term, s, t, targets, indices)
         return logits, losses
+
+
+    @staticmethod
+    def _call(term: Term, s: Tensor, t: Tensor, targets: Tensor, indices: Tensor | None) -> Tensor:
+        args = [s, t]
+        if getattr(term.loss, "needs_targets", False):
+            args.append(targets)
+        if getattr(term.loss, "needs_indices", False):
+            if indices is None:
+                raise DistillError(f"term {term.name!r} needs each sample's index in the training set; expected "
+                                   "batches of (images, targets, {SAMPLE_INDEX: indices}) (IndexedDataset)")
+            args.append(indices)
+        return term.loss(*args)
+
+
+class IndexedDataset(Dataset):
+    """`dataset` whose items carry their index: (image, target, {SAMPLE_INDEX: index}), so that the
+    terms that need it (CRD's memory bank) know which training sample each row is."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        return image, target, {SAMPLE_INDEX: torch.tensor(index)}
 
 
 def _full_precision(x: Tensor) -> Tensor:

@@ -50,6 +50,7 @@ def _input_files(recipe: Recipe) -> list[str]:
     named = [recipe.data.path]
     for spec in (recipe.teacher, recipe.student):
         named += [spec.checkpoint, spec.weights]
+    named += recipe.teacher.ensemble
     return [p for p in named if p]
 
 

@@ -32,6 +32,7 @@ from .errors import DistillError, did_you_mean
 from .losses import LOSSES, build_loss
 from .models.options import OptionError
 from .models.registry import BUILD_ARGUMENTS, available_models, build_model, small_input_models
+from .models.ensemble import check_average
 from .models.timm_models import check_timm_name, is_timm_name
 from .settings import Schedule, Speed, check_cache, check_device, check_prune
 from .strategy import STRATEGIES as TEACHER_STRATEGIES
@@ -92,6 +93,15 @@ class ModelSpec:
 
 
 @dataclass
+class TeacherSpec(ModelSpec):
+    """The teacher's section: a model like the student's, or an ensemble of trained ones."""
+
+    ensemble: list[str] = field(default_factory=list)   # trained members, never trained here
+                                      # (distill checkpoints, or state dicts of `model`)
+    ensemble_average: str = "probabilities"   # probabilities (Hinton 2015) | logits
+
+
+@dataclass
 class TermSpec:
     """One distillation term: `loss` from distill.losses, read from `student`/`teacher` layers."""
 
@@ -102,6 +112,7 @@ class TermSpec:
     name: str | None = None           # defaults to the loss name
     options: dict[str, Any] = field(default_factory=dict)   # keyword arguments of the loss
     warmup_epochs: int = 0            # weight ramps linearly over these epochs (DKD uses 20)
+    teacher_member: int | None = None  # with teacher.ensemble: read this member (feature terms: 0 when unset)
 
 
 @dataclass
@@ -171,7 +182,7 @@ class Recipe:
     skip_nonfinite: bool = False      # skip (and count) steps with a NaN/inf loss instead of stopping
     trust_code: bool = False          # checkpoints may build any 'package.module:factory' (runs its code)
     data: DataSpec = field(default_factory=DataSpec)
-    teacher: ModelSpec = field(default_factory=ModelSpec)
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
     student: ModelSpec = field(default_factory=ModelSpec)
     distill: DistillSpec = field(default_factory=DistillSpec)
     speed: SpeedSpec = field(default_factory=SpeedSpec)
@@ -446,6 +457,7 @@ def _check(r: Recipe) -> None:
         raise DistillError("teacher.finetune_from is required with strategy 'finetune'; expected a "
                            "module path such as 'layer4'")
     _check_distill(r.distill)
+    _check_ensemble(r)
     _checked("speed.", Speed, amp=r.speed.amp)
     _check_prune(r.prune)
     _positive(r.export.atol, "export.atol")
@@ -561,6 +573,27 @@ def _check_distill(d: DistillSpec) -> None:
         term.name = name
         _checked(where, build_loss, term.loss, **term.options)
     _checked("distill.", check_cache, d.cache_views, d.cache_dtype)
+
+
+def _check_ensemble(r: Recipe) -> None:
+    """teacher.ensemble: its members, how they are averaged, and which member each term reads."""
+    members = r.teacher.ensemble
+    if members and r.teacher.checkpoint:
+        raise DistillError("teacher.ensemble and teacher.checkpoint are both set; expected one of them")
+    for i, path in enumerate(members):
+        if not path or "\0" in path:
+            raise DistillError(f"teacher.ensemble.{i}: expected a checkpoint path, got {path!r}")
+    _checked("teacher.ensemble_average", check_average, r.teacher.ensemble_average)
+    for i, term in enumerate(r.distill.terms):
+        k = term.teacher_member
+        if k is None:
+            continue
+        if not members:
+            raise DistillError(f"distill.terms.{i}.teacher_member: set, but teacher.ensemble is not; expected "
+                               "no key (a single teacher has no members)")
+        if isinstance(k, bool) or not 0 <= k < len(members):
+            raise DistillError(f"distill.terms.{i}.teacher_member: expected a member index from 0 to "
+                               f"{len(members) - 1} (teacher.ensemble has {len(members)}), got {k!r}")
 
 
 def _check_prune(p: PruneSpec) -> None:

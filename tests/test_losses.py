@@ -37,14 +37,17 @@ def student_teacher(name: str) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     return torch.randn(5, 4, 2, 2, generator=g), torch.randn(5, 7, generator=g), ()
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+STATELESS = sorted(set(LOSSES) - {"crd"})  # CRD learns heads and memory banks: tests/test_losses_crd.py
+
+
+@pytest.mark.parametrize("name", STATELESS)
 def test_loss_is_zero_when_student_equals_teacher(name):
     s, _, extra = student_teacher(name)
     tolerance = 1e-5 if name == "dist" else 1e-6  # DIST: the authors' eps in the correlation
     assert build_loss(name)(s, s.clone(), *extra).item() == pytest.approx(0.0, abs=tolerance)
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", STATELESS)
 def test_loss_is_positive_finite_scalar_and_only_the_student_gets_gradients(name):
     s, t, extra = student_teacher(name)
     s.requires_grad_(True)

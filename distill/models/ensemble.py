@@ -26,6 +26,12 @@ from ..errors import DistillError
 AVERAGES = ("probabilities", "logits")
 
 
+def check_average(average: object) -> str:
+    if average not in AVERAGES:
+        raise DistillError(f"average must be one of {', '.join(AVERAGES)}, got {average!r}")
+    return average
+
+
 class Ensemble(nn.Module):
     """`Ensemble([t1, t2, ...])`: frozen members whose predictions are averaged (see the module doc)."""
 
@@ -33,10 +39,8 @@ class Ensemble(nn.Module):
         super().__init__()
         if len(members) < 1 or not all(isinstance(m, nn.Module) for m in members):
             raise DistillError(f"Ensemble: expected a non-empty list of models, got {len(members)} item(s)")
-        if average not in AVERAGES:
-            raise DistillError(f"Ensemble: average must be one of {', '.join(AVERAGES)}, got {average!r}")
+        self.average = check_average(average)
         self.members = nn.ModuleList(members)
-        self.average = average
         self.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> "Ensemble":

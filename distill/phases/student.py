@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from .. import distributed
 from ..cache import CachedTeacherDataset, TeacherCache, cache_key, draws_random_views
-from ..distiller import Distiller, Term
+from ..distiller import Distiller, IndexedDataset, Term
 from ..gain import paired_gain
 from ..train import Supervised, correct_predictions, fit
 from .context import RunContext
@@ -29,6 +29,8 @@ def student_phase(ctx: RunContext, teacher: nn.Module) -> nn.Module:
     terms = ctx.terms()
     with Distiller(teacher, student, terms, ctx.data.input_shape, ce_weight=ctx.recipe.distill.ce_weight) as distiller:
         data = _cached_train_set(ctx, teacher, terms) if ctx.recipe.distill.cache else ctx.train_set("student")
+        if any(getattr(t.loss, "needs_indices", False) for t in terms) and not ctx.recipe.distill.cache:
+            data = IndexedDataset(data)  # the cache's rows carry their index already
         history = fit(distiller, data, spec.schedule(), **ctx.fit_options("student"))
         connectors = sorted(distiller.connectors)
     ctx.finish("student", student, history, ctx.card("student"), connectors=connectors)
