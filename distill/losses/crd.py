@@ -34,7 +34,8 @@ class CRDLoss(nn.Module):
     the same for M_t. A copy of the teacher does not give 0: the heads and banks are learnt.
     Negatives are uniform over the training set (RepDistiller's `relax` sampling; its `exact` mode
     draws them from other classes only). The banks and normalisers are buffers and the heads
-    parameters of this module, so the engine trains and resumes them with the student.
+    parameters of this module, so the engine trains and resumes them with the student. Under DDP
+    the banks are rank 0's (DDP broadcasts buffers each step): only its shard's rows are refreshed.
     """
 
     needs_targets: ClassVar[bool] = False
