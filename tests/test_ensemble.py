@@ -128,3 +128,23 @@ def test_averaging_logits_hands_every_loss_the_mean_logits():
             expected = KDLoss(4.0)(student(x), torch.stack([m(x) for m in members], 1).mean(1))
     torch.testing.assert_close(losses["kd"], expected)
     assert math.isfinite(losses["ce"].item())
+
+
+def test_a_logits_term_can_read_one_member_and_recipes_map_paths_to_members():
+    from distill.phases.context import teacher_path
+    from distill.recipe import recipe_from_dict
+    members = [cnn(8, 0), cnn(8, 1)]
+    student = cnn(4, 2)
+    x, y = torch.randn(8, *SHAPE), torch.randint(0, 10, (8,))
+    with Distiller(Ensemble(members), student, [Term("kd", KDLoss(4.0), teacher="members.1")], SHAPE) as d:
+        d.eval()
+        with torch.no_grad():
+            _, losses = d(x, y)
+            expected = KDLoss(4.0)(student(x), members[1](x))
+    torch.testing.assert_close(losses["kd"], expected)
+    recipe = recipe_from_dict({"teacher": {"ensemble": ["a.pt", "b.pt"]}, "distill": {"terms": [
+        {"loss": "kd"}, {"loss": "kd", "name": "one", "teacher_member": 1},
+        {"loss": "hint", "student": "stage3", "teacher": "stage3"},
+        {"loss": "at", "student": "stage2", "teacher": "stage2", "teacher_member": 1}]}})
+    assert [teacher_path(recipe, t) for t in recipe.distill.terms] == [
+        "logits", "members.1", "members.0.stage3", "members.1.stage2"]
