@@ -81,7 +81,7 @@ teacher_member = 1
 def run(members, tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     recipe = folder / "ensemble.toml"
-    recipe.write_text(recipe_text(members, folder / "run"))
+    recipe.write_text(recipe_text(members, folder / "run") + "[bench]\nenabled = true\nrounds = 2\n")
     metrics = run_recipe(load_recipe(recipe), progress=False)
     return folder / "run", metrics
 
@@ -95,6 +95,11 @@ def test_a_two_teacher_ensemble_teaches_a_student_without_training_a_teacher(run
     assert [m["source"] for m in teacher["members"]] == [str(p) for p in members]
     assert all(0.5 < m["test_accuracy"] <= 1 for m in teacher["members"])  # 3 epochs learn digits
     assert 0.5 < teacher["test_accuracy"] <= 1
+
+
+def test_a_run_with_an_ensemble_teacher_benches_its_student_as_the_reference(run):
+    bench = json.loads((run[0] / "bench.json").read_text())
+    assert bench["teacher"] == "student" and "student" in bench["artifacts"]
 
 
 def test_the_summary_lists_each_members_accuracy_and_the_ensembles(run):
