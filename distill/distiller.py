@@ -116,7 +116,7 @@ class Distiller(nn.Module):
         """The terms whose losses hold parameters or buffers (CRD's heads and memory banks): part
         of what a resume file must hold."""
         return nn.ModuleDict({t.name: t.loss for t in self.terms
-                              if next(t.loss.parameters(), None) is not None or next(t.loss.buffers(), None) is not None})
+                              if any(True for _ in (*t.loss.parameters(), *t.loss.buffers()))})
 
     def close(self) -> None:
         """Remove the feature hooks from both models and drop the features they last captured, so
@@ -207,7 +207,6 @@ class Distiller(nn.Module):
                 t = self._teacher_side(term, t_out).to(s.dtype)
                 losses[term.name] = term.weight_at(self.epoch) * self._call(term, s, t, targets, indices)
         return logits, losses
-
 
     @staticmethod
     def _call(term: Term, s: Tensor, t: Tensor, targets: Tensor, indices: Tensor | None) -> Tensor:

@@ -31,7 +31,8 @@ from common import DEFAULT_DATA, distill_run, machine, now  # noqa: E402
 _spec = importlib.util.spec_from_file_location("mnist_hinton_run", HERE.parent / "mnist_hinton" / "run.py")
 mnist = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mnist)  # the mnist_hinton benchmark's settings, shared rather than copied
-FAST, PLAIN, RECIPE, STUDENT, TEACHER, WORK = mnist.FAST, mnist.PLAIN, mnist.RECIPE, mnist.STUDENT, mnist.TEACHER, mnist.WORK
+FAST, PLAIN, RECIPE, STUDENT, TEACHER, WORK = (mnist.FAST, mnist.PLAIN, mnist.RECIPE, mnist.STUDENT,
+                                                mnist.TEACHER, mnist.WORK)
 
 SEEDS = (0, 1, 2)
 KD = ["distill.ce_weight=0.1", mnist.terms(mnist.term("kd", 1.0, temperature=20.0))]
