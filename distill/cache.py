@@ -34,8 +34,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .distiller import SAMPLE_INDEX
 from .errors import DistillError
 from .files import atomic_write_text, ensure_free_space
+from .models.ensemble import teacher_logits
 from .settings import check_cache
 from .taps import LOGITS, FeatureTaps
 
@@ -107,7 +109,8 @@ class ViewDataset(Dataset):
 
 
 class CachedTeacherDataset(ViewDataset):
-    """Yields (image, target, {path: teacher output}) with the teacher's outputs read from the cache."""
+    """Yields (image, target, {path: teacher output, SAMPLE_INDEX: index}) with the teacher's outputs
+    read from the cache (and the sample's index, for the terms that need it)."""
 
     def __init__(self, dataset: Dataset, cache: "TeacherCache") -> None:
         super().__init__(dataset, cache.views, cache.seed)
@@ -116,7 +119,7 @@ class CachedTeacherDataset(ViewDataset):
     def __getitem__(self, index: int):
         view = self.epoch % self.views
         image, target = self._sample(index, view)
-        return image, target, self.cache.row(view, index)
+        return image, target, {**self.cache.row(view, index), SAMPLE_INDEX: torch.tensor(index)}
 
 
 class TeacherCache:
@@ -264,7 +267,7 @@ def _run_teacher(teacher: nn.Module, source: ViewDataset, paths: list[str], dire
             for images, _ in tqdm(loader, desc=f"teacher cache view {view + 1}/{source.views}", leave=False,
                                   disable=None if progress else True):
                 with torch.inference_mode():
-                    logits = teacher(images.to(device))
+                    logits = teacher_logits(teacher, images.to(device))  # an Ensemble's: [N, M, C]
                     outputs = {**taps.outputs, LOGITS: logits}
                 if not arrays:  # memory maps are sparse files: a full disk would kill the run with SIGBUS
                     _ensure_space_for(directory, paths, outputs, source.views * n, np.dtype(dtype).itemsize)

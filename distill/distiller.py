@@ -12,12 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from .errors import DistillError
 from .losses.labels import labelled_cross_entropy, with_teacher_labels
+from .models.ensemble import Ensemble, teacher_logits
 from .taps import LOGITS, FeatureTaps, check_path
+
+SAMPLE_INDEX = "sample_index"  # the key of the samples' training-set indices among the extra batch inputs
 
 
 @dataclass
@@ -103,8 +106,17 @@ class Distiller(nn.Module):
         self.epoch = 0  # set by fit (set_epoch) for terms with a warm-up
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """What the optimizer updates: the student and the connectors, never the teacher."""
-        return [p for p in (*self.student.parameters(), *self.connectors.parameters()) if p.requires_grad]
+        """What the optimizer updates: the student, the connectors and the terms' own parameters
+        (CRD's embedding heads), never the teacher."""
+        return [p for p in (*self.student.parameters(), *self.connectors.parameters(),
+                            *self.stateful_terms.parameters()) if p.requires_grad]
+
+    @property
+    def stateful_terms(self) -> nn.ModuleDict:
+        """The terms whose losses hold parameters or buffers (CRD's heads and memory banks): part
+        of what a resume file must hold."""
+        return nn.ModuleDict({t.name: t.loss for t in self.terms
+                              if any(True for _ in (*t.loss.parameters(), *t.loss.buffers()))})
 
     def close(self) -> None:
         """Remove the feature hooks from both models and drop the features they last captured, so
@@ -140,7 +152,9 @@ class Distiller(nn.Module):
                                f"{s_out[LOGITS].shape[-1]}; expected the same class count")
         connectors = {}
         for term in self.terms:
-            s_shape, t_shape = s_out[term.student].shape[1:], t_out[term.teacher].shape[1:]
+            s_shape, t_shape = s_out[term.student].shape[1:], self._teacher_side(term, t_out).shape[1:]
+            if hasattr(term.loss, "bind"):  # heads sized by the features (CRD)
+                term.loss.to(probe.device).bind(s_shape, t_shape)
             if getattr(term.loss, "needs_same_shape", False) and s_shape != t_shape:
                 connectors[term.name] = make_connector(s_shape, t_shape).to(probe.device)
         return connectors
@@ -151,9 +165,18 @@ class Distiller(nn.Module):
 
     def _teacher_features(self, images: Tensor) -> dict[str, Tensor]:
         with torch.inference_mode():
-            logits = self.teacher(images)
+            logits = teacher_logits(self.teacher, images)  # [N, M, C] from an Ensemble
         # hooked features are already ordinary tensors (see FeatureTaps); the logits need a copy
         return {**self._teacher_taps.outputs, LOGITS: logits.clone()}
+
+    def _teacher_side(self, term: Term, t_out: dict[str, Tensor]) -> Tensor:
+        """The teacher output `term` compares: an Ensemble's stacked logits reach only the losses
+        that average the members' probabilities themselves (`accepts_members`), the rest get the
+        ensemble's combined [N, C] logits (see distill.models.ensemble)."""
+        t = t_out[term.teacher]
+        if isinstance(self.teacher, Ensemble) and term.teacher == LOGITS and t.dim() == 3:
+            t = self.teacher.target_for(t, getattr(term.loss, "accepts_members", False))
+        return t
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
@@ -162,8 +185,11 @@ class Distiller(nn.Module):
 
     def forward(self, images: Tensor, targets: Tensor,
                 teacher_outputs: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """`teacher_outputs` (e.g. from a cache) replaces the teacher's forward pass."""
-        t_out = teacher_outputs if teacher_outputs is not None else self._teacher_features(images)
+        """`teacher_outputs` (e.g. from a cache) replaces the teacher's forward pass; its
+        SAMPLE_INDEX entry, the samples' training-set indices, goes to the terms that need them."""
+        extra = dict(teacher_outputs) if teacher_outputs is not None else {}
+        indices = extra.pop(SAMPLE_INDEX, None)
+        t_out = extra if extra else self._teacher_features(images)
         s_out = self._student_features(images)
         logits = s_out[LOGITS]
         compared = {}  # the student side of each term, mapped to the teacher's shape where needed
@@ -178,13 +204,36 @@ class Distiller(nn.Module):
                 losses["ce"] = self.ce_weight * labelled_cross_entropy(_full_precision(logits), targets)
             for term in self.terms:
                 s = _full_precision(compared[term.name])
-                t = t_out[term.teacher].to(s.dtype)
-                if getattr(term.loss, "needs_targets", False):  # DKD: the teacher's class where no label
-                    value = term.loss(s, t, with_teacher_labels(targets, t))
-                else:
-                    value = term.loss(s, t)
-                losses[term.name] = term.weight_at(self.epoch) * value
+                t = self._teacher_side(term, t_out).to(s.dtype)
+                losses[term.name] = term.weight_at(self.epoch) * self._call(term, s, t, targets, indices)
         return logits, losses
+
+    @staticmethod
+    def _call(term: Term, s: Tensor, t: Tensor, targets: Tensor, indices: Tensor | None) -> Tensor:
+        args = [s, t]
+        if getattr(term.loss, "needs_targets", False):  # DKD: the teacher's class where no label
+            args.append(with_teacher_labels(targets, t if t.dim() == 2 else t.softmax(-1).mean(1)))
+        if getattr(term.loss, "needs_indices", False):
+            if indices is None:
+                raise DistillError(f"term {term.name!r} needs each sample's index in the training set; expected "
+                                   "batches of (images, targets, {SAMPLE_INDEX: indices}) (IndexedDataset)")
+            args.append(indices)
+        return term.loss(*args)
+
+
+class IndexedDataset(Dataset):
+    """`dataset` whose items carry their index: (image, target, {SAMPLE_INDEX: index}), so that the
+    terms that need it (CRD's memory bank) know which training sample each row is."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        return image, target, {SAMPLE_INDEX: torch.tensor(index)}
 
 
 def _full_precision(x: Tensor) -> Tensor:

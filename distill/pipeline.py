@@ -22,6 +22,7 @@ from .model_data import data_for_recipe
 from .phases import (RunContext, baseline_phase, bench_phase, choose_phase, export_phase, gain_phase, preflight,
                      prune_phase, pseudo_label_phase, student_phase, teacher_phase, verify_budget_phase)
 from .recipe import Recipe, to_toml
+from .report import refresh_report
 from .rundir import RunDir
 from .seeds import pool_seeds
 from .settings import resolve_device
@@ -69,7 +70,9 @@ def _run_seeds(recipe: Recipe, run: RunDir, device: torch.device, resume: bool, 
             if distributed.is_main():
                 if not run.recipe.exists():
                     run.begin(to_toml(recipe))
-                run.write(pool_seeds(recipe.name, per_seed), [])
+                run.write_metrics(pool_seeds(recipe.name, per_seed))
+        if distributed.is_main():
+            refresh_report(run.path)
         return pool_seeds(recipe.name, per_seed)
 
 
@@ -78,6 +81,7 @@ def _input_files(recipe: Recipe) -> list[str]:
     named = [recipe.data.path, recipe.data.unlabelled]
     for spec in (recipe.teacher, recipe.student):
         named += [spec.checkpoint, spec.weights]
+    named += recipe.teacher.ensemble
     return [p for p in named if p]
 
 

@@ -32,6 +32,8 @@ from .errors import DistillError, did_you_mean
 from .losses import LOSSES, build_loss
 from .models.options import OptionError
 from .models.registry import BUILD_ARGUMENTS, available_models, build_model, small_input_models
+from .models.ensemble import check_average
+from .models.timm_models import check_timm_name, is_timm_name
 from .settings import Schedule, Speed, check_cache, check_device, check_prune, check_provider
 from .strategy import STRATEGIES as TEACHER_STRATEGIES
 
@@ -105,6 +107,15 @@ class ModelSpec:
 
 
 @dataclass
+class TeacherSpec(ModelSpec):
+    """The teacher's section: a model like the student's, or an ensemble of trained ones."""
+
+    ensemble: list[str] = field(default_factory=list)   # trained members, never trained here
+                                      # (distill checkpoints, or state dicts of `model`)
+    ensemble_average: str = "probabilities"   # probabilities (Hinton 2015) | logits
+
+
+@dataclass
 class TermSpec:
     """One distillation term: `loss` from distill.losses, read from `student`/`teacher` layers."""
 
@@ -115,6 +126,7 @@ class TermSpec:
     name: str | None = None           # defaults to the loss name
     options: dict[str, Any] = field(default_factory=dict)   # keyword arguments of the loss
     warmup_epochs: int = 0            # weight ramps linearly over these epochs (DKD uses 20)
+    teacher_member: int | None = None  # with teacher.ensemble: read this member (feature terms: 0 when unset)
 
 
 @dataclass
@@ -196,7 +208,7 @@ class Recipe:
     skip_nonfinite: bool = False      # skip (and count) steps with a NaN/inf loss instead of stopping
     trust_code: bool = False          # checkpoints may build any 'package.module:factory' (runs its code)
     data: DataSpec = field(default_factory=DataSpec)
-    teacher: ModelSpec = field(default_factory=ModelSpec)
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
     student: ModelSpec = field(default_factory=ModelSpec)
     distill: DistillSpec = field(default_factory=DistillSpec)
     speed: SpeedSpec = field(default_factory=SpeedSpec)
@@ -369,7 +381,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        expected = {"loss": "a loss name (kd, dkd, hint, at, rkd, sp, pkt)"}.get(missing[0], "a value")
+        expected = {"loss": "a loss name (" + ", ".join(LOSSES) + ")"}.get(missing[0], "a value")
         raise DistillError(f"{_join(path, missing[0])} is required; expected {expected}")
     return cls(**kwargs)
 
@@ -473,6 +485,7 @@ def _check(r: Recipe) -> None:
         raise DistillError("teacher.finetune_from is required with strategy 'finetune'; expected a "
                            "module path such as 'layer4'")
     _check_distill(r.distill)
+    _check_ensemble(r)
     _checked("speed.", Speed, amp=r.speed.amp)
     _check_prune(r.prune)
     _check_latency(r)
@@ -626,6 +639,27 @@ def _check_distill(d: DistillSpec) -> None:
     _checked("distill.", check_cache, d.cache_views, d.cache_dtype)
 
 
+def _check_ensemble(r: Recipe) -> None:
+    """teacher.ensemble: its members, how they are averaged, and which member each term reads."""
+    members = r.teacher.ensemble
+    if members and r.teacher.checkpoint:
+        raise DistillError("teacher.ensemble and teacher.checkpoint are both set; expected one of them")
+    for i, path in enumerate(members):
+        if not path or "\0" in path:
+            raise DistillError(f"teacher.ensemble.{i}: expected a checkpoint path, got {path!r}")
+    _checked("teacher.ensemble_average", check_average, r.teacher.ensemble_average)
+    for i, term in enumerate(r.distill.terms):
+        k = term.teacher_member
+        if k is None:
+            continue
+        if not members:
+            raise DistillError(f"distill.terms.{i}.teacher_member: set, but teacher.ensemble is not; expected "
+                               "no key (a single teacher has no members)")
+        if isinstance(k, bool) or not 0 <= k < len(members):
+            raise DistillError(f"distill.terms.{i}.teacher_member: expected a member index from 0 to "
+                               f"{len(members) - 1} (teacher.ensemble has {len(members)}), got {k!r}")
+
+
 def _check_prune(p: PruneSpec) -> None:
     _checked("prune.", check_prune, p.macs, p.importance, p.steps)
     if p.recovery not in ("kd", "finetune"):
@@ -636,6 +670,9 @@ def _check_prune(p: PruneSpec) -> None:
 
 
 def _check_model_name(name: str, path: str) -> None:
+    if is_timm_name(name):
+        _checked(path, check_timm_name, name)
+        return
     if ":" in name:
         return
     models = available_models()

@@ -158,9 +158,12 @@ class RunDir:
                                "the metrics this run wrote: delete it and run again with --resume")
         return metrics
 
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic_write_text(self.metrics, json.dumps(metrics, indent=2) + "\n")
+
     def write(self, metrics: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """metrics.json and history.csv (every phase's per-epoch rows, one header for all)."""
-        atomic_write_text(self.metrics, json.dumps(metrics, indent=2) + "\n")
+        self.write_metrics(metrics)
         keys: list[str] = []
         for row in history:
             keys += [k for k in row if k not in keys]

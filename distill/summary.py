@@ -21,6 +21,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
         m = metrics[role]
         lines.append(f"{LABELS.get(role, role):<10} {m['test_accuracy']:>9.4f} {si(m['params']):>10} "
                      f"{si(m['macs']):>10} {m.get('epochs', 0):>7}")
+    lines += _member_lines(metrics.get("teacher", {}))
     if "teacher" in metrics and "student" in metrics:
         lines.append(_size_line(metrics["teacher"], metrics["student"]))
     lines += _gain_lines(metrics, f"the {metrics['data']['test']} test images")
@@ -82,6 +83,15 @@ def _speed_lines(bench: dict[str, Any]) -> list[str]:
                      f"runtime, {bench['teacher_runtime']})")
     lines.append("latency, throughput and accuracy of every artefact: bench.md (plot: bench.png)")
     return lines
+
+
+def _member_lines(teacher: dict[str, Any]) -> list[str]:
+    """An ensemble teacher's members, each with its own test accuracy (the teacher row is the whole)."""
+    members = teacher.get("members")
+    if not isinstance(members, list):
+        return []
+    return [f"  member {i} {m['test_accuracy']:>9.4f}  {m['source']}" for i, m in enumerate(members)] + [
+        f"teacher = ensemble of {len(members)} (average of {teacher.get('average', 'probabilities')})"]
 
 
 def _size_line(t: dict[str, Any], s: dict[str, Any]) -> str:

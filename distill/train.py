@@ -151,6 +151,8 @@ def _trainable(module: nn.Module) -> dict[str, nn.Module]:
     parts = {"student": module.student}
     if getattr(module, "connectors", None) is not None and len(module.connectors):
         parts["connectors"] = module.connectors
+    if getattr(module, "stateful_terms", None) is not None and len(module.stateful_terms):
+        parts["terms"] = module.stateful_terms  # CRD: embedding heads and memory banks
     return parts
 
 

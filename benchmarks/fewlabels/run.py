@@ -64,7 +64,7 @@ def report() -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if "ceiling" in records:
         ceiling = cell(records["ceiling"]["metrics"]["models"]["student"])
-        lines.append(f"| ceiling: the MLP on all 60,000 labels | " + " | ".join([ceiling] * len(LABELS)) + " |")
+        lines.append("| ceiling: the MLP on all 60,000 labels | " + " | ".join([ceiling] * len(LABELS)) + " |")
     lines += ["", "Gains of the KD student, pooled over the 3 seeds (McNemar on all their disagreements, 95% band):", ""]
     for n in LABELS:
         m = records.get(f"labels{n}", {}).get("metrics", {})

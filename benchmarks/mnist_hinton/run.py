@@ -2,6 +2,7 @@
 
     python benchmarks/mnist_hinton/run.py          # teacher + 20 student runs; see RESULTS.md for the time
     python benchmarks/mnist_hinton/run.py kd dkd   # only these rows (the teacher must be recorded)
+    python benchmarks/mnist_hinton/run.py dist_plain kd_ls_plain crd_plain   # the rows of issue #19
 
 1. The teacher: `distill run recipes/mnist_hinton.toml` (784-1200-1200-10, dropout 0.2 on the
    input and 0.5 on the hidden layers, +-2 pixel jitter) with the schedule below. That command
@@ -93,6 +94,21 @@ ROWS |= {"kd_hint_plain": ("response + feature", [*PLAIN, "distill.ce_weight=0.1
                                                    "baseline.enabled=false"]),
          "kd_pkt_plain": ("response + relation", [*PLAIN, "distill.ce_weight=0.1", terms(KD, PKT),
                                                    "baseline.enabled=false"])}
+# the methods of issue #19, on plain images like the rows above, with their papers' settings:
+# DIST with its defaults (beta = gamma = 1, T = 1) beside CE; KD with logit standardisation as in
+# its authors' CIFAR commands (CE 0.1, KD weight 9, T = 2); CRD on the penultimate features as in
+# RepDistiller (CE 1, CRD weight 0.8, 128-d heads, T 0.07, momentum 0.5) but with 4096 negatives,
+# not 16384: at batch 256 the paper's count gathers 2 x 2.1 GB of bank rows per step on this CPU
+ROWS |= {
+    "dist_plain": ("response", [*PLAIN, "distill.ce_weight=1.0", terms(term("dist", 1.0)), "baseline.enabled=false"]),
+    "kd_ls_plain": ("response", [*PLAIN, "distill.ce_weight=0.1",
+                                 terms(term("kd", 9.0, temperature=2.0, standardize="true")),
+                                 "baseline.enabled=false"]),
+    "crd_plain": ("relation", [*PLAIN, "distill.ce_weight=1.0",
+                               terms(term("crd", 0.8, S_PEN, T_PEN, feature_dim=128, negatives=4096,
+                                          temperature=0.07, momentum=0.5)),
+                               "baseline.enabled=false"]),
+}
 # more seeds of the paper's comparison (other initial weights, batch order and jitter)
 ROWS |= {f"{row}_seed{seed}": (ROWS[row][0], [*ROWS[row][1], f"seed={seed}"])
          for seed in (1, 2, 3) for row in ("kd", "kd_plain")}

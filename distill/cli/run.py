@@ -89,7 +89,8 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
         return
     click.echo("")
     click.echo(summary_table(metrics))
-    click.echo(f"run directory: {out or parsed.out or Path('runs') / parsed.name}")
+    where = Path(out or parsed.out or Path("runs") / parsed.name)
+    click.echo(f"run directory: {where} (open {where / 'report.html'} for the whole story)")
 
 
 def _check_before_launch(recipe: Recipe, device: str | None, data_root: str | None, nproc: int) -> None:
@@ -205,6 +206,7 @@ def models(layers_of: str | None, input_shape: str) -> None:
       distill models
       distill models --layers resnet8x4
       distill models --layers resnet18 --input-shape 3,224,224
+      distill models --layers timm:resnet18
     """
     from ..models.registry import build_model, small_input_models, torchvision_names
     from ..taps import module_paths
@@ -225,4 +227,5 @@ def models(layers_of: str | None, input_shape: str) -> None:
     click.echo("small models:      mlp, small_cnn")
     click.echo("32x32 (CRD/DKD):   " + ", ".join(sorted(small_input_models())))
     click.echo("torchvision:       " + ", ".join(torchvision_names()))
+    click.echo("timm:              'timm:NAME', any name in timm.list_models() (pip install 'distill[timm]')")
     click.echo("your own:          'package.module:factory' (called with num_classes and options)")

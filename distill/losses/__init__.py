@@ -1,7 +1,9 @@
 """Distillation losses: plain modules on tensors that return a batch-averaged scalar.
 
-Each class tells the engine what it needs: `needs_targets` (forward takes `(s, t, targets)`) and
-`needs_same_shape` (the engine inserts a connector when student and teacher shapes differ).
+Each class tells the engine what it needs: `needs_targets` (forward takes `(s, t, targets)`),
+`needs_same_shape` (the engine inserts a connector when student and teacher shapes differ),
+`needs_indices` (forward takes the samples' training-set indices last; `bind(s_shape, t_shape)`
+is called once the shapes are known) and `accepts_members` (an ensemble's [N, M, C] logits).
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import inspect
 from torch import nn
 
 from ..errors import DistillError, did_you_mean
+from .crd import CRDLoss
+from .dist import DISTLoss
 from .feature import AttentionTransfer, HintLoss
 from .relation import PKTLoss, RKDLoss, SimilarityPreserving
 from .response import DKDLoss, KDLoss
@@ -22,6 +26,8 @@ LOSSES: dict[str, type[nn.Module]] = {
     "rkd": RKDLoss,
     "sp": SimilarityPreserving,
     "pkt": PKTLoss,
+    "dist": DISTLoss,
+    "crd": CRDLoss,
 }
 
 
@@ -42,4 +48,4 @@ def build_loss(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = ["LOSSES", "build_loss", "KDLoss", "DKDLoss", "HintLoss", "AttentionTransfer",
-           "RKDLoss", "SimilarityPreserving", "PKTLoss"]
+           "RKDLoss", "SimilarityPreserving", "PKTLoss", "DISTLoss", "CRDLoss"]

@@ -4,6 +4,8 @@ Names resolve in this order:
 - `mlp`, `small_cnn`: the small models in `distill.models.mlp`;
 - the small-input (32x32) family of the CRD/DKD papers: `resnet8` ... `mobilenetv2`;
 - any torchvision classification model (`resnet18`, `vgg16_bn`, `mobilenet_v3_small`, ...);
+- `timm:NAME`: any timm model (`timm:resnet18`, `timm:efficientnet_b0`), when timm is installed,
+  built without downloading (see `distill.models.timm_models`);
 - `"package.module:factory"`: a user's own model, called with `num_classes` (when it takes it)
   and the recipe's keyword arguments. Naming a factory runs its code, so a checkpoint may name one
   only when the user trusts it (see `load_checkpoint`), and callables that cannot be model factories
@@ -31,6 +33,7 @@ from ..errors import DistillError, did_you_mean
 from .cifar import CIFAR_MODELS
 from .loading import read_state_dict
 from .mlp import MLP, SmallCNN
+from .timm_models import build_timm_model, is_timm_name
 
 FACTORY_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 # Installed beside distill, holding no model factory: a name from them is refused before any import.
@@ -87,6 +90,11 @@ def _build_model(arch: str, num_classes: int, input_shape: Sequence[int],
         model = small_input_models()[arch](num_classes=num_classes, in_channels=channels, **kwargs)
     elif arch in torchvision_names():
         return _torchvision_model(arch, num_classes, weights, kwargs)
+    elif is_timm_name(arch):
+        if weights and not _is_path(weights):
+            raise DistillError(f"weights {weights!r} for {arch!r}: timm models are built offline without "
+                               "pretrained weights; expected a local checkpoint or state-dict file")
+        model = build_timm_model(arch, num_classes, input_shape, kwargs)
     elif is_factory_spec(arch):
         model = _user_model(arch, num_classes, kwargs)
     else:
@@ -98,8 +106,9 @@ def _build_model(arch: str, num_classes: int, input_shape: Sequence[int],
 
 
 def is_factory_spec(arch: str) -> bool:
-    """Whether `arch` names code to run (`package.module:factory`) rather than a built-in model."""
-    return ":" in arch
+    """Whether `arch` names code to run (`package.module:factory`) rather than a built-in model
+    (`timm:NAME` is built-in: timm builds only the models of its own registry)."""
+    return ":" in arch and not is_timm_name(arch)
 
 
 def _check_factory_spec(spec: str) -> None:

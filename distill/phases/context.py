@@ -15,14 +15,15 @@ from ..data import DataBundle
 from ..data.unlabelled import RepeatedDataset
 from ..distiller import Term
 from ..errors import DistillError
-from ..losses import build_loss
+from ..losses import LOSSES, build_loss
 from ..models import ModelCard, build_model, load_checkpoint, safe_load, save_checkpoint
 from ..models.loading import FORMAT
 from ..models.stats import count_macs, count_params
-from ..recipe import ModelSpec, Recipe
+from ..recipe import ModelSpec, Recipe, TermSpec
 from ..report import refresh_report, save_predictions
 from ..rundir import RunDir
 from ..settings import Speed
+from ..taps import LOGITS
 from ..tblog import EpochScalars
 from ..train import evaluate
 
@@ -80,9 +81,15 @@ class RunContext:
         return model.to(self.device)
 
     def terms(self) -> list[Term]:
-        return [Term(name=t.name or t.loss, loss=build_loss(t.loss, **t.options), weight=t.weight,
-                     student=t.student, teacher=t.teacher, warmup_epochs=t.warmup_epochs)
+        return [Term(name=t.name or t.loss, loss=build_loss(t.loss, **self._loss_options(t)), weight=t.weight,
+                     student=t.student, teacher=teacher_path(self.recipe, t), warmup_epochs=t.warmup_epochs)
                 for t in self.recipe.distill.terms]
+
+    def _loss_options(self, term: TermSpec) -> dict[str, Any]:
+        """The term's options, plus the training-set size for a loss with a memory bank (CRD)."""
+        if getattr(LOSSES[term.loss], "needs_indices", False):
+            return {"num_samples": len(self.data.transfer), **term.options}  # the indices it sees
+        return term.options
 
     # ------------------------------------------------------------------ training
     def train_set(self, role: str) -> Dataset:
@@ -197,6 +204,17 @@ class RunContext:
         if distributed.is_main():
             self.run.write(self.metrics, self.history)
             refresh_report(self.run.path)
+
+
+def teacher_path(recipe: Recipe, term: TermSpec) -> str:
+    """Where a term reads the teacher: with teacher.ensemble, logits terms read the ensemble (or
+    member K's logits, `members.K`, when teacher_member = K) and feature terms member K's layer
+    (`members.K.layer3`, K = 0 when unset); without one, the recipe's path as it is."""
+    if not recipe.teacher.ensemble:
+        return term.teacher
+    if term.teacher == LOGITS:
+        return LOGITS if term.teacher_member is None else f"members.{term.teacher_member}"
+    return f"members.{term.teacher_member or 0}.{term.teacher}"
 
 
 def recipe_trust(recipe: Recipe) -> bool | Iterable[str]:

@@ -57,7 +57,9 @@ def bench_phase(ctx: RunContext, onnx_files: dict[str, Path]) -> None:
     artifacts = _checkpoints(ctx, ("teacher", "student", "baseline", "pruned"))
     artifacts.update({f"{name}.onnx": path for name, path in onnx_files.items()})
     b = ctx.recipe.bench
-    result = benchmark(artifacts, teacher="teacher", batch_sizes=(1, b.batch_size), rounds=b.rounds,
+    # an ensemble teacher has no single checkpoint to time: the student is then the reference
+    reference = "teacher" if "teacher" in artifacts else "student"
+    result = benchmark(artifacts, teacher=reference, batch_sizes=(1, b.batch_size), rounds=b.rounds,
                        data=ctx.data.test, progress=ctx.progress, trust_code=recipe_trust(ctx.recipe))
     write_report(result, ctx.run.path)
     ctx.metrics["bench"] = {"file": "bench.json", "teacher_runtime": result.teacher_runtime,

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from ..data import take_batch
-from ..distiller import Distiller
+from ..distiller import SAMPLE_INDEX, Distiller
 from ..errors import DistillError
 from ..taps import check_path
 from ..tblog import require_tensorboard
 from .context import RunContext
+from .ensemble import load_ensemble
 
 
 def preflight(ctx: RunContext) -> None:
@@ -37,15 +38,18 @@ def preflight(ctx: RunContext) -> None:
                                                           ce_weight=ctx.recipe.distill.ce_weight))
     with distiller:
         distiller.train()
-        _, losses = _run(ctx, "distillation terms", lambda: distiller(images, labels))
+        indices = {SAMPLE_INDEX: torch.arange(len(images), device=ctx.device)}  # for CRD's memory bank
+        _, losses = _run(ctx, "distillation terms", lambda: distiller(images, labels, indices))
         total = sum(losses.values())
         if total.requires_grad:
             total.backward()
 
 
 def _model(ctx: RunContext, role: str) -> nn.Module:
-    """The teacher or student as the run will use it: its checkpoint (checked against the data), or
-    built fresh."""
+    """The teacher or student as the run will use it: its checkpoint or ensemble (checked against the
+    data), or built fresh."""
+    if role == "teacher" and ctx.recipe.teacher.ensemble:
+        return load_ensemble(ctx)
     path = ctx.spec(role).checkpoint
     if not path:
         return ctx.build(role)

@@ -10,12 +10,13 @@ from torch.utils.data import Dataset
 
 from .. import distributed
 from ..cache import CachedTeacherDataset, TeacherCache, cache_key, draws_random_views
-from ..distiller import Distiller, Term
+from ..distiller import Distiller, IndexedDataset, Term
 from ..gain import paired_gain
+from ..losses import LOSSES
 from ..losses.labels import PseudoLabelLoss
 from ..taps import LOGITS
 from ..train import Supervised, correct_predictions, fit
-from .context import RunContext
+from .context import RunContext, teacher_path
 
 
 def student_phase(ctx: RunContext, teacher: nn.Module) -> nn.Module:
@@ -72,8 +73,13 @@ def gain_phase(ctx: RunContext, student: nn.Module, other: nn.Module, key: str =
 
 
 def _transfer_set(ctx: RunContext, teacher: nn.Module) -> Dataset:
-    """The images the students distil on, with the teacher's outputs from the cache when asked."""
-    return _cached_train_set(ctx, teacher) if ctx.recipe.distill.cache else ctx.train_set("student")
+    """The images the students distil on, with the teacher's outputs from the cache when asked, and
+    each sample's index when a term needs it (CRD; the cache's rows carry their index already)."""
+    if ctx.recipe.distill.cache:
+        return _cached_train_set(ctx, teacher)
+    data = ctx.train_set("student")
+    needs_indices = any(getattr(LOSSES[t.loss], "needs_indices", False) for t in ctx.recipe.distill.terms)
+    return IndexedDataset(data) if needs_indices else data
 
 
 def _cached_train_set(ctx: RunContext, teacher: nn.Module) -> Dataset:
@@ -83,7 +89,7 @@ def _cached_train_set(ctx: RunContext, teacher: nn.Module) -> Dataset:
     d = ctx.recipe.distill
     started = time.perf_counter()
     train = ctx.train_set("student")
-    paths = [t.teacher for t in d.terms] + ([LOGITS] if ctx.recipe.baseline.pseudo_labels else [])
+    paths = [teacher_path(ctx.recipe, t) for t in d.terms] + ([LOGITS] if ctx.recipe.baseline.pseudo_labels else [])
     directory = ctx.run.path / "teacher_cache"
     if distributed.is_main():
         if d.cache_views == 1 and draws_random_views(train, ctx.recipe.seed):

@@ -10,11 +10,14 @@ from ..errors import DistillError
 from ..strategy import choose_strategy
 from ..transfer import adapt_teacher
 from .context import RunContext
+from .ensemble import ensemble_teacher
 
 
 def teacher_phase(ctx: RunContext) -> nn.Module:
     """The trained teacher, on the run's device; trained here unless the recipe gives a checkpoint
     or an earlier part of this run finished it."""
+    if ctx.recipe.teacher.ensemble:
+        return ensemble_teacher(ctx)
     if ctx.recipe.teacher.checkpoint:
         return given_teacher(ctx, ctx.recipe.teacher.checkpoint)
     done = ctx.finished("teacher")
