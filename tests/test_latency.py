@@ -228,7 +228,7 @@ def test_a_latency_budget_pruning_cannot_reach_is_one_line_naming_where_it_stopp
 
 def test_distill_prune_latency_ms_prunes_a_checkpoint_to_a_generous_budget(tmp_path, capsys):
     from distill.models import ModelCard, save_checkpoint
-    from tests.helpers import cli
+    from helpers import cli
     model = build_model("mlp", 10, (1, 8, 8), hidden=[1024, 1024])
     save_checkpoint(tmp_path / "m.pt", model, ModelCard("mlp", 10, (1, 8, 8), kwargs={"hidden": [1024, 1024]}))
     code, out = cli(["prune", str(tmp_path / "m.pt"), "--latency-ms", "100", "-o", str(tmp_path / "p.pt")], capsys)
@@ -258,7 +258,7 @@ def test_bad_latency_keys_in_a_recipe_are_one_line_naming_the_key(student, messa
 
 
 def test_a_recipe_budget_no_candidate_meets_exits_2_naming_the_fastest(tmp_path, capsys):
-    from tests.helpers import cli
+    from helpers import cli
     recipe = tmp_path / "r.toml"
     recipe.write_text('device = "cpu"\n[data]\nname = "digits"\ntrain_limit = 50\ntest_limit = 20\n'
                       '[student]\nmodel = "mlp"\nlatency_budget_ms = 1e-6\n'
