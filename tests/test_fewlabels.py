@@ -289,3 +289,22 @@ def test_the_size_line_says_the_student_is_larger_when_it_is():
     text = summary_table(metrics)
     assert "2.10x the teacher's parameters" in text and "smaller" not in text
     assert "142.9x fewer MACs than the teacher" in text
+
+
+@pytest.mark.slow
+def test_the_quickstart_shows_a_significant_gain_an_onnx_student_and_its_speed_up(tmp_path, capsys):
+    """The README's first command, as a new user runs it: within its 120 s budget on 2 cores, a
+    student of at least 0.90, a gain of at least 3 points beyond the paired noise band, a verified
+    student.onnx and a bench of it against the teacher."""
+    out = tmp_path / "quickstart"
+    code, text = cli(["run", "quickstart", "--out", str(out), "-q"], capsys)
+    assert code == 0, text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["wall_seconds"] < 120
+    assert metrics["student"]["test_accuracy"] >= 0.90
+    gain = metrics["gain"]
+    assert gain["significant"] and gain["accuracy_points"] >= 3
+    assert max(metrics["export"]["student"]["max_abs_diff"].values()) <= 1e-4 and (out / "student.onnx").exists()
+    assert (out / "bench.json").exists() and metrics["bench"]["speedups"]["student.onnx"]["speedup"] > 1
+    assert "distillation gain over the baseline: +" in text and "significant" in text
+    assert "student.onnx runs" in text and "fewer parameters than the teacher" in text
