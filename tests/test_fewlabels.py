@@ -263,6 +263,7 @@ def test_seeds_run_every_phase_per_seed_and_pool_them_and_resume(tmp_path, capsy
     assert pooled["models"]["student"]["mean"] == pytest.approx(np.mean(accuracies))
     assert pooled["models"]["student"]["sd"] == pytest.approx(np.std(accuracies, ddof=1))
     assert pooled["gain"]["per_seed"] == [m["gain"]["accuracy_points"] for m in per_seed]
+    assert (out / "report.html").exists() and all((out / f"seed-{s}" / "report.html").exists() for s in (0, 1))
     assert pooled["gain"] == {**pooled_paired_gain([m["gain"] for m in per_seed]),
                               "per_seed": pooled["gain"]["per_seed"]}
     # interrupted during the second seed: --resume keeps the first and redoes what is missing
