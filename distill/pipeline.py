@@ -56,17 +56,23 @@ def _run_seeds(recipe: Recipe, run: RunDir, device: torch.device, resume: bool, 
     """Every phase once per seed (seed, seed + 1, ...) into RUN/seed-N/, then the results pooled
     into RUN/metrics.json. The top level records its recipe once the first seed has finished, so a
     recipe that fails its preflight can be fixed and run again into the same --out."""
+    seed_runs = [RunDir(run.seed_dir(seed)) for seed in range(recipe.seed, recipe.seed + recipe.seeds)]
     with contextlib.ExitStack() as held:
         if distributed.is_main():
             held.enter_context(run.lock())
-            run.prepare(to_toml(recipe), resume)
+            # interrupted in the first seed, the top level holds no recipe.toml yet, only seed-N/
+            started = run.recipe.exists() or any(r.recipe.exists() for r in seed_runs)
+            run.prepare(to_toml(recipe), resume and run.recipe.exists())
+            if resume and not started:
+                run.prepare(to_toml(recipe), resume)  # says there is nothing to resume
         per_seed = {}
-        for seed in range(recipe.seed, recipe.seed + recipe.seeds):
+        for k, seed_run in enumerate(seed_runs):
+            seed = recipe.seed + k
             if progress:
-                print(f"seed {seed} ({seed - recipe.seed + 1} of {recipe.seeds}) -> {run.seed_dir(seed)}")
+                print(f"seed {seed} ({k + 1} of {recipe.seeds}) -> {seed_run.path}")
             one = dataclasses.replace(recipe, seed=seed, seeds=1, out=None)
-            per_seed[seed] = run_recipe(one, out=run.seed_dir(seed), resume=resume, device=str(device),
-                                        data_root=data_root, progress=progress)
+            per_seed[seed] = run_recipe(one, out=seed_run.path, resume=resume and seed_run.recipe.exists(),
+                                        device=str(device), data_root=data_root, progress=progress)
             if distributed.is_main():
                 if not run.recipe.exists():
                     run.begin(to_toml(recipe))

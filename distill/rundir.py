@@ -117,6 +117,9 @@ class RunDir:
             raise DistillError(f"run directory {self.path} holds {', '.join(foreign)} but no recipe.toml, so "
                                "they belong to no run this one can continue (nothing there is reused); "
                                "expected a new or empty --out")
+        if resume and not started:  # a mistyped --out would otherwise start again from nothing
+            raise DistillError(f"--resume: run directory {self.path} holds no run to continue (no recipe.toml); "
+                               "expected the --out of an interrupted run, or no --resume to start a new one")
 
     def _stored_recipe(self) -> str:
         """The text of this run's recipe.toml, or one line saying why it cannot be read."""

@@ -309,3 +309,11 @@ def test_the_quickstart_shows_a_significant_gain_an_onnx_student_and_its_speed_u
     assert (out / "bench.json").exists() and metrics["bench"]["speedups"]["student.onnx"]["speedup"] > 1
     assert "distillation gain over the baseline: +" in text and "significant" in text
     assert "student.onnx runs" in text and "fewer parameters than the teacher" in text
+
+
+def test_resume_on_a_directory_without_a_run_is_refused_instead_of_starting_again(tmp_path, capsys):
+    """A mistyped --out with --resume used to start a new run from nothing, silently."""
+    for seeds in ("1", "2"):
+        code, text = cli(["run", "quickstart", "--out", str(tmp_path / f"typo{seeds}"), "--resume", "-q",
+                          "--seeds", seeds, *sets(*TINY)], capsys)
+        assert code == 2 and "holds no run to continue" in text and len(text.strip().splitlines()) == 1
