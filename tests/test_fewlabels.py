@@ -286,6 +286,13 @@ def test_seeds_zero_is_refused_in_one_line(tmp_path, capsys):
     assert code == 2 and "seeds: expected a positive integer" in text
 
 
+def test_seeds_that_would_run_past_the_largest_seed_are_refused_in_one_line():
+    from distill.recipe import find_recipe, load_recipe
+    with pytest.raises(DistillError, match=r"seed \+ seeds") as e:
+        load_recipe(find_recipe("quickstart"), ["seeds=2", f"seed={2 ** 31 - 1}"])
+    assert "\n" not in str(e.value)
+
+
 def test_the_size_line_says_the_student_is_larger_when_it_is():
     metrics = {"teacher": {"test_accuracy": 0.9, "params": 1000, "macs": 1_000_000},
                "student": {"test_accuracy": 0.8, "params": 2100, "macs": 7000}, "data": {"test": 10}}
