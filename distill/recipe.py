@@ -475,6 +475,9 @@ def _check(r: Recipe) -> None:
     _check_paths(r)
     _not_negative(r.seed, "seed", integer=True)
     _positive(r.seeds, "seeds", integer=True)
+    if r.seed + r.seeds > INT_LIMIT:  # the last seed's recipe.toml must load again
+        raise DistillError(f"seed + seeds: the last seed would be {r.seed + r.seeds - 1}; expected seed + seeds "
+                           f"at most 2^31 ({INT_LIMIT})")
     _check_data(r.data)
     for role in ("teacher", "student"):
         _check_model_spec(getattr(r, role), role)

@@ -98,6 +98,7 @@ def test_an_unlabelled_image_folder_of_any_nesting_joins_the_transfer_set(tmp_pa
     ({"unlabelled": "rgb.npz"}, "are 3-channel 8x8; expected 1-channel 8x8"),
     ({"unlabelled": "labels.npz"}, "has no array 'x' or 'x_train'"),
     ({"unlabelled": "rgb_dir"}, "are 3-channel 8x8; expected 1-channel 8x8"),
+    ({"unlabelled": "array.npz"}, "is a single array, not an npz archive"),
 ])
 def test_bad_few_label_settings_are_one_line_errors(tmp_path, monkeypatch, kwargs, expected):
     monkeypatch.chdir(tmp_path)
@@ -107,6 +108,8 @@ def test_bad_few_label_settings_are_one_line_errors(tmp_path, monkeypatch, kwarg
     np.savez(tmp_path / "big.npz", x=np.zeros((2, 9, 9), dtype=np.uint8))
     np.savez(tmp_path / "rgb.npz", x=np.zeros((2, 8, 8, 3), dtype=np.uint8))
     np.savez(tmp_path / "labels.npz", y=np.zeros(2, dtype=np.int64))
+    with open(tmp_path / "array.npz", "wb") as f:  # a .npy under an .npz name
+        np.save(f, np.zeros((2, 8, 8), dtype=np.uint8))
     with pytest.raises(DistillError, match=expected) as e:
         load_data("digits", augment=False, **kwargs)
     assert "\n" not in str(e.value)
@@ -282,6 +285,13 @@ def test_seeds_zero_is_refused_in_one_line(tmp_path, capsys):
     assert code == 2 and "--seeds" in text and len(text.strip().splitlines()) == 1
     code, text = cli(["run", "quickstart", "--out", str(tmp_path / "r"), "--set", "seeds=0"], capsys)
     assert code == 2 and "seeds: expected a positive integer" in text
+
+
+def test_seeds_that_would_run_past_the_largest_seed_are_refused_in_one_line():
+    from distill.recipe import find_recipe, load_recipe
+    with pytest.raises(DistillError, match=r"seed \+ seeds") as e:
+        load_recipe(find_recipe("quickstart"), ["seeds=2", f"seed={2 ** 31 - 1}"])
+    assert "\n" not in str(e.value)
 
 
 def test_the_size_line_says_the_student_is_larger_when_it_is():

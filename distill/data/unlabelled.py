@@ -121,9 +121,10 @@ def _folder(path: Path, native: tuple[int, ...] | None) -> Source:
 def _npz(path: Path, native: tuple[int, ...] | None) -> Source:
     """The images of an .npz (key `x`, else `x_train`) as a uint8 (N, C, H, W) tensor source."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise DistillError(f"{path} is a single array, not an npz archive; expected {EXPECTED}")
+        f = np.load(path, allow_pickle=False)  # a .npy renamed .npz loads as an array, not a context manager
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise DistillError(f"{path} is a single array, not an npz archive; expected {EXPECTED}")
+        with f:
             key = next((k for k in ("x", "x_train") if k in f.files), None)
             if key is None:
                 raise DistillError(f"{path} has no array 'x' or 'x_train' (it has "
