@@ -76,10 +76,10 @@ def _run_seeds(recipe: Recipe, run: RunDir, device: torch.device, resume: bool, 
             if distributed.is_main():
                 if not run.recipe.exists():
                     run.begin(to_toml(recipe))
-                run.write_metrics(pool_seeds(recipe.name, per_seed))
+                run.write_metrics(pool_seeds(recipe.name, per_seed, recipe.seeds))
         if distributed.is_main():
             refresh_report(run.path)
-        return pool_seeds(recipe.name, per_seed)
+        return pool_seeds(recipe.name, per_seed, recipe.seeds)
 
 
 def _input_files(recipe: Recipe) -> list[str]:

@@ -49,7 +49,17 @@ def _pooled_table(metrics: dict[str, Any]) -> str:
                      f"{si(m['macs']):>10}")
     if "teacher" in models and "student" in models:
         lines.append(_size_line(models["teacher"], models["student"]))
+    for role, m in models.items():
+        if "params_per_seed" in m:
+            lines.append(f"WARNING: the {role} differs between seeds (parameters {m['params_per_seed']}): its "
+                         "row pools different models")
     lines += _gain_lines(metrics, f"{len(seeds)} seeds x {metrics['data']['test']} test images")
+    for name, values in metrics.get("speedups", {}).items():
+        lines.append(f"{name} runs {', '.join(f'{v:.1f}x' for v in values)} as fast as the teacher (per seed; "
+                     "teacher in its fastest runtime, p50 at batch 1)")
+    if metrics.get("seeds_planned", len(seeds)) > len(seeds):
+        lines.append(f"only {len(seeds)} of {metrics['seeds_planned']} seeds have finished: run again with "
+                     "--resume to finish the others")
     return "\n".join(lines)
 
 

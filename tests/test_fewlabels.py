@@ -249,6 +249,7 @@ def test_a_few_label_run_trains_teacher_and_baseline_on_the_labels_and_the_stude
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data"]["train"] == 40 and metrics["data"]["unlabelled"] == 1307
     assert {"pseudo", "gain_over_pseudo_labels"} <= set(metrics)
+    assert "soft targets over hard pseudo-labels" in (out / "report.html").read_text()
     assert "pseudo-lbl" in text and "over hard pseudo-labels" in text or "hard labels" in text
 
 
@@ -327,3 +328,16 @@ def test_resume_on_a_directory_without_a_run_is_refused_instead_of_starting_agai
         code, text = cli(["run", "quickstart", "--out", str(tmp_path / f"typo{seeds}"), "--resume", "-q",
                           "--seeds", seeds, *sets(*TINY)], capsys)
         assert code == 2 and "holds no run to continue" in text and len(text.strip().splitlines()) == 1
+
+
+def test_a_pooled_summary_says_when_seeds_are_missing_or_trained_different_students():
+    def seed(params: int, points: float) -> dict:
+        return {"data": {"test": 100}, "student": {"test_accuracy": 0.9, "params": params, "macs": params},
+                "gain": {**paired_gain(*masks(int(points) + 5, 5, n=100))},
+                "bench": {"speedups": {"student.onnx": {"speedup": 5.0}}}}
+    from distill.seeds import pool_seeds
+    pooled = pool_seeds("r", {0: seed(100, 4), 1: seed(120, 2)}, planned=3)
+    text = summary_table(pooled)
+    assert "only 2 of 3 seeds have finished" in text and "--resume" in text
+    assert "the student differs between seeds (parameters [100, 120])" in text
+    assert "student.onnx runs 5.0x, 5.0x as fast as the teacher" in text

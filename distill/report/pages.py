@@ -35,10 +35,11 @@ def seeds_page(run: RunData, seeds: list[RunData]) -> str:
     parts = [para(f"{len(labels)} seeds ({', '.join(labels)}): test accuracy as mean ± standard deviation."),
              table(["model", "test accuracy (mean ± sd)", "sd", *(f"seed {s}" for s in labels), "params", "MACs"],
                    rows, "summary")]
-    gain = m.get("gain")
-    parts += gain_block(gain)
-    if isinstance(gain, dict) and isinstance(gain.get("per_seed"), list):
-        parts.append(para("gain per seed (points): " + ", ".join(f"{p:+.2f}" for p in gain["per_seed"] if is_number(p))))
+    for key in ("gain", "gain_over_pseudo_labels"):
+        gain = m.get(key)
+        parts += gain_block(gain, key=key)
+        if isinstance(gain, dict) and isinstance(gain.get("per_seed"), list):
+            parts.append(para("per seed (points): " + ", ".join(f"{p:+.2f}" for p in gain["per_seed"] if is_number(p))))
     body = [*status(run), section("Summary (pooled over seeds)", "summary", parts)]
     body.append(_overlaid_curves({f"seed {s.path.name.removeprefix('seed-')}": s for s in seeds}, "curves",
                                  "Training curves, seeds overlaid"))

@@ -12,7 +12,8 @@ from typing import Any
 from ..errors import DistillError
 from .predictions import Predictions, read_predictions
 
-MODEL_ROLES = ("teacher", "student", "baseline", "pruned")
+GAINS = ("gain", "gain_over_pseudo_labels")  # the student against its baseline, and against pseudo-labels
+MODEL_ROLES = ("teacher", "student", "baseline", "pseudo", "pruned")
 RUN_FILES = ("recipe.toml", "metrics.json")  # a run directory holds at least one of them
 
 
@@ -50,6 +51,8 @@ class RunData:
               (("baseline", True), ("prune", False), ("export", False), ("bench", False))}
         phases = ["teacher", "student"]
         phases += ["baseline", "gain"] if on["baseline"] else []
+        pseudo = r.get("baseline", {}).get("pseudo_labels") if isinstance(r.get("baseline"), dict) else False
+        phases += ["pseudo", "gain_over_pseudo_labels"] if pseudo is True else []
         phases += ["pruned"] if on["prune"] else []
         phases += ["export"] if on["export"] else []
         phases += ["bench"] if on["bench"] else []
@@ -58,8 +61,8 @@ class RunData:
     def missing_phases(self) -> list[str]:
         """Phases the recipe asks for whose results metrics.json does not hold (yet)."""
         if self.seeds:
-            done = set(self.roles()) | ({"gain"} if "gain" in self.metrics else set())
-            return [p for p in self.expected_phases() if p in (*MODEL_ROLES, "gain") and p not in done]
+            done = set(self.roles()) | {g for g in GAINS if g in self.metrics}
+            return [p for p in self.expected_phases() if p in (*MODEL_ROLES, *GAINS) and p not in done]
         return [p for p in self.expected_phases() if not isinstance(self.metrics.get(p), dict)]
 
 

@@ -43,29 +43,36 @@ def summary(run: RunData) -> str:
                     "training time (s)"], rows, "summary")] if rows else [para("No model has finished yet.")]
     tests = run.metrics.get("data", {}).get("test") if isinstance(run.metrics.get("data"), dict) else None
     parts += gain_block(run.metrics.get("gain"), tests)
+    parts += gain_block(run.metrics.get("gain_over_pseudo_labels"), tests, key="gain_over_pseudo_labels")
     return section("Summary", "summary", parts)
 
 
-def gain_block(gain: Any, test_images: Any = None) -> list[str]:
-    """The gain over the baseline, its 95% noise band and what it means."""
+GAIN_AGAINST = {"gain": ("distillation gain (student - baseline)", "its baseline", "distillation helped"),
+                "gain_over_pseudo_labels": ("soft targets over hard pseudo-labels (student - pseudo-label student)",
+                                            "the pseudo-label student", "the soft targets helped")}
+
+
+def gain_block(gain: Any, test_images: Any = None, key: str = "gain") -> list[str]:
+    """The gain over the baseline (or the pseudo-label student), its 95% noise band and what it means."""
+    label, other, helped = GAIN_AGAINST[key]
     if not isinstance(gain, dict) or not is_number(gain.get("accuracy_points")):
         return []
     points, band = gain["accuracy_points"], gain.get("noise_band_points")
     significant = bool(gain.get("significant"))
     if points < 0 and significant:
-        verdict, cls = "negative transfer: the student is significantly WORSE than its baseline", "bad"
+        verdict, cls = f"negative transfer: the student is significantly WORSE than {other}", "bad"
     elif points < 0:
         verdict, cls = "negative transfer, within the noise band (not significant)", "bad"
     elif significant:
-        verdict, cls = "distillation helped: significant", "good"
+        verdict, cls = f"{helped}: significant", "good"
     else:
         verdict, cls = "within the noise band: no measurable effect", ""
     images = f" over {test_images} test images" if is_number(test_images) else ""
-    rows = [[Cell("distillation gain (student - baseline)", cls="text"),
-             Cell(f"{points:+.2f} points", points, "accuracy_points", "gain"),
-             Cell(f"±{band:.2f} points" if is_number(band) else "–", band, "noise_band_points", "gain"),
-             Cell(verdict, significant, "significant", "gain", cls=f"text {cls}")]]
-    return [table(["", "gain", "95% noise band", "verdict"], rows, "gain"),
+    rows = [[Cell(label, cls="text"),
+             Cell(f"{points:+.2f} points", points, "accuracy_points", key),
+             Cell(f"±{band:.2f} points" if is_number(band) else "–", band, "noise_band_points", key),
+             Cell(verdict, significant, "significant", key, cls=f"text {cls}")]]
+    return [table(["", "gain", "95% noise band", "verdict"], rows, key),
             para(f"Test: {gain.get('test', 'unpaired')}{images}.")]
 
 
