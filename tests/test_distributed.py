@@ -7,6 +7,7 @@ ends itself after ddp_worker.SECONDS, and torchrun is killed soon after.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -135,3 +136,17 @@ def test_under_a_torchrun_started_by_hand_only_rank_0_prints_a_user_error(tmp_pa
         assert len(text.strip().splitlines()) == 1 and text.startswith("error: student SmallCNN has no layer")
     else:
         assert text == ""
+
+
+def test_few_labels_with_a_cached_teacher_and_two_seeds_run_under_nproc_2(tmp_path):
+    """The few-label path under DDP: unlabelled images in every rank's shard, the cache built by rank
+    0 and opened by rank 1, the pseudo-label student, and two seeds pooled at the top level."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(tiny_recipe(128, 32, 1, 1).replace("[data]", "[data]\nlabelled_per_class = 3")
+                      + "\n[distill]\ncache = true\n[baseline]\npseudo_labels = true\n")
+    code, text = distill_run(["run", str(recipe), "--nproc", "2", "--seeds", "2", "-q", "--out", str(tmp_path / "run")])
+    assert code == 0, text
+    pooled = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert pooled["seeds"] == [0, 1] and {"student", "baseline", "pseudo"} <= set(pooled["models"])
+    seed = json.loads((tmp_path / "run" / "seed-1" / "metrics.json").read_text())
+    assert seed["data"]["train"] == 30 and seed["data"]["unlabelled"] == 98
