@@ -86,8 +86,9 @@ def distill_run(recipe: str, out: Path, overrides: list[str], results: Path, log
     if done.returncode:
         sys.exit(f"{results.name}: distill run failed with exit code {done.returncode}; see {log}")
     results.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics.json", "history.csv", "recipe.toml"):
-        shutil.copy(REPO / out / name, results / name)
+    for name in ("metrics.json", "history.csv", "recipe.toml"):  # a --seeds run has no top-level history
+        if (REPO / out / name).exists():
+            shutil.copy(REPO / out / name, results / name)
     record = {"command": shlex.join(cmd), "date": date, "wall_seconds": round(time.perf_counter() - started, 1),
               "load_average_before": round(load, 2), "metrics": json.loads((REPO / out / "metrics.json").read_text())}
     record_file.write_text(json.dumps(record, indent=2) + "\n")
