@@ -51,6 +51,15 @@ def cell(model: dict) -> str:
     return f"{100 * model['mean']:.2f} ± {100 * model['sd']:.2f}"
 
 
+def training_seconds(row: str) -> float:
+    """The epochs of every phase of every seed of a row: the training work, whatever the wall clock."""
+    total = 0.0
+    for metrics in (HERE / "results" / row).glob("seed-*/metrics.json"):
+        m = json.loads(metrics.read_text())
+        total += sum(v.get("train_seconds", 0) for v in m.values() if isinstance(v, dict))
+    return total
+
+
 def report() -> str:
     records = {p.name: json.loads((p / "record.json").read_text()) for p in (HERE / "results").iterdir()
                if (p / "record.json").exists()}
@@ -76,10 +85,14 @@ def report() -> str:
                 lines.append(f"- {n} labels/class, over {other}: {g['accuracy_points']:+.2f} points "
                              f"(band ±{g['noise_band_points']:.2f}, {'significant' if g['significant'] else 'not significant'}; "
                              f"per seed {per_seed})")
-    lines += ["", "Commands and wall times:", ""]
+    lines += ["", "Commands, wall times of the recorded command, and training time (the epochs of every phase of "
+              "every seed, from each seed's metrics.json):", ""]
     for row, r in sorted(records.items()):
-        lines.append(f"- `{r['command']}`: {minutes(r['wall_seconds'])} (started {r['date']}, load average "
-                     f"{r['load_average_before']})")
+        lines.append(f"- `{r['command']}`: {minutes(r['wall_seconds'])}, training {minutes(training_seconds(row))} "
+                     f"(started {r['date']}, load average {r['load_average_before']})")
+    lines += ["", "The labels10 command's wall time is that of a `--resume` that only copied the records: its "
+              "first attempt trained everything, then stopped on a bug of this script (fixed) before writing "
+              "them. Its training time is the work it did."]
     lines += ["", f"Machine: {machine()}. Report written {now()}.", ""]
     return "\n".join(lines)
 
