@@ -98,6 +98,7 @@ def test_an_unlabelled_image_folder_of_any_nesting_joins_the_transfer_set(tmp_pa
     ({"unlabelled": "rgb.npz"}, "are 3-channel 8x8; expected 1-channel 8x8"),
     ({"unlabelled": "labels.npz"}, "has no array 'x' or 'x_train'"),
     ({"unlabelled": "rgb_dir"}, "are 3-channel 8x8; expected 1-channel 8x8"),
+    ({"unlabelled": "one.png"}, "is a file but not an .npz"),
     ({"unlabelled": "array.npz"}, "is a single array, not an npz archive"),
 ])
 def test_bad_few_label_settings_are_one_line_errors(tmp_path, monkeypatch, kwargs, expected):
@@ -105,6 +106,7 @@ def test_bad_few_label_settings_are_one_line_errors(tmp_path, monkeypatch, kwarg
     (tmp_path / "empty_dir").mkdir()
     (tmp_path / "rgb_dir").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "rgb_dir" / "0.png")
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "one.png")
     np.savez(tmp_path / "big.npz", x=np.zeros((2, 9, 9), dtype=np.uint8))
     np.savez(tmp_path / "rgb.npz", x=np.zeros((2, 8, 8, 3), dtype=np.uint8))
     np.savez(tmp_path / "labels.npz", y=np.zeros(2, dtype=np.int64))
@@ -318,6 +320,7 @@ def test_the_quickstart_shows_a_significant_gain_an_onnx_student_and_its_speed_u
     assert gain["significant"] and gain["accuracy_points"] >= 3
     assert max(metrics["export"]["student"]["max_abs_diff"].values()) <= 1e-4 and (out / "student.onnx").exists()
     assert (out / "bench.json").exists() and metrics["bench"]["speedups"]["student.onnx"]["speedup"] > 1
+    assert (out / "report.html").exists()
     assert "distillation gain over the baseline: +" in text and "significant" in text
     assert "student.onnx runs" in text and "fewer parameters than the teacher" in text
 

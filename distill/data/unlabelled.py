@@ -55,6 +55,9 @@ def unlabelled_source(path: str | Path, raw: Raw, check_shape: bool) -> Source:
     native = tuple(raw.train.image(0).shape)  # (C, H, W)
     if path.is_dir():
         source = _folder(path, native if check_shape else None)
+    elif path.suffix.lower() != ".npz":  # a single image, say: PIL would read it, numpy calls it corrupt
+        raise DistillError(f"unlabelled images {path} is a file but not an .npz; expected {EXPECTED} "
+                           "(put single images in a folder)")
     else:
         ensure_readable(path, "unlabelled images", EXPECTED)
         source = _npz(path, native if check_shape else None)

@@ -26,7 +26,7 @@ def export_phase(ctx: RunContext) -> dict[str, Path]:
             "file": path.name, "bytes": report.size_bytes, "max_abs_diff": report.max_abs_diff}
         onnx_files[role] = path
         if spec.int8:
-            calibration = take_batch(ctx.data.train_plain, spec.calibration_images)[0]
+            calibration = take_batch(ctx.data.transfer_plain, spec.calibration_images)[0]  # unlabelled too
             int8 = quantize_int8(path, ctx.run.path / f"{role}.int8.onnx", calibration)
             if _int8_guard(ctx, role, path, int8):
                 onnx_files[f"{role}.int8"] = int8
