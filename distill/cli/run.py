@@ -59,9 +59,9 @@ def run(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bool, 
       distill run recipes/cifar10_vgg13_vgg8.toml --nproc 4  # 4 processes, DDP
       torchrun --nproc_per_node=4 -m distill run recipes/cifar10_vgg13_vgg8.toml   # the same
 
-    The run directory holds recipe.toml (resolved), teacher.pt, student.pt, baseline.pt,
-    history.csv and metrics.json; with --seeds, one such directory per seed (seed-N/) and the
-    pooled metrics.json.
+    The run directory holds recipe.toml (resolved), teacher.pt, student.pt, baseline.pt
+    (pseudo.pt with baseline.pseudo_labels), history.csv, metrics.json and report.html; with
+    --seeds, one such directory per seed (seed-N/) beside the pooled metrics.json and report.html.
     """
     from .. import distributed
     from ..pipeline import run_recipe
