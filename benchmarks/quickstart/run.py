@@ -54,7 +54,9 @@ def report() -> str:
               "", "The speed-up is student.onnx in ONNX Runtime against the teacher in its fastest runtime, "
               "p50 latency at batch 1 (bench.json of each seed).", "",
               f"Command: `{record['command']}` ({record['wall_seconds']:.0f} s for the 3 seeds, started "
-              f"{record['date']}, load average before {record['load_average_before']}).", "",
+              f"{record['date']}, load average before {record['load_average_before']})."
+              + (" The 2 cores were shared with other work at the time, so the wall times are upper bounds."
+                 if record["load_average_before"] > 1 else ""), "",
               f"Machine: {machine()}. Report written {now()}.", ""]
     return "\n".join(lines)
 
