@@ -108,7 +108,8 @@ class RunContext:
 
     def fit_options(self, role: str) -> dict[str, Any]:
         """The keyword arguments of `fit` that every phase of this run shares."""
-        self.check_resume_file(role)
+        # the student and baseline train the whole model; the teacher's strategy may train only a head
+        check_resume_file(self.run.resume_file(role), role, self.card(role) if role in WHOLE_MODEL else None)
         s = self.recipe.speed
         return {"val_data": self.data.val, "device": self.device, "seed": self.recipe.seed,
                 "resume_path": self.run.resume_file(role), "resume": True,
@@ -116,25 +117,6 @@ class RunContext:
                                num_workers=self.recipe.data.num_workers),
                 "skip_nonfinite": self.recipe.skip_nonfinite, "desc": role, "progress": self.progress,
                 **_epoch_log(self, role)}
-
-    def check_resume_file(self, role: str) -> None:
-        """Refuse a resume file that `fit` could not continue from, naming it and the way out."""
-        path = self.run.resume_file(role)
-        if not path.exists():
-            return
-        restart = f"delete it to restart the {role} phase from its first epoch (then run again with --resume)"
-        try:
-            state = safe_load(path)
-        except DistillError as e:
-            raise DistillError(f"{e}; {restart}") from e
-        if not isinstance(state, dict) or not RESUME_KEYS <= set(state) or not _is_history(state["history"]):
-            raise DistillError(f"resume file {path} is not the end-of-epoch state distill writes; expected a "
-                               f"dict with {', '.join(sorted(RESUME_KEYS))}: {restart}")
-        # the student and baseline train the whole model; the teacher's strategy may train only a head
-        mismatch = _weights_mismatch(self.card(role), state.get("student")) if role in WHOLE_MODEL else None
-        if mismatch:
-            raise DistillError(f"resume file {path} holds the weights of another model ({mismatch}); expected "
-                               f"the {role} this recipe trains: {restart}")
 
     # ------------------------------------------------------------------ results
     def finished(self, role: str) -> nn.Module | None:
@@ -215,6 +197,25 @@ def teacher_path(recipe: Recipe, term: TermSpec) -> str:
     if term.teacher == LOGITS:
         return LOGITS if term.teacher_member is None else f"members.{term.teacher_member}"
     return f"members.{term.teacher_member or 0}.{term.teacher}"
+
+
+def check_resume_file(path: Path, role: str, card: ModelCard | None) -> None:
+    """Refuse a resume file that `fit` could not continue from, naming it and the way out; with a
+    `card`, also one holding the weights of a model other than the card's."""
+    if not path.exists():
+        return
+    restart = f"delete it to restart the {role} phase from its first epoch (then run again with --resume)"
+    try:
+        state = safe_load(path)
+    except DistillError as e:
+        raise DistillError(f"{e}; {restart}") from e
+    if not isinstance(state, dict) or not RESUME_KEYS <= set(state) or not _is_history(state["history"]):
+        raise DistillError(f"resume file {path} is not the end-of-epoch state distill writes; expected a "
+                           f"dict with {', '.join(sorted(RESUME_KEYS))}: {restart}")
+    mismatch = _weights_mismatch(card, state.get("student")) if card is not None else None
+    if mismatch:
+        raise DistillError(f"resume file {path} holds the weights of another model ({mismatch}); expected "
+                           f"the {role} this recipe trains: {restart}")
 
 
 def recipe_trust(recipe: Recipe) -> bool | Iterable[str]:
