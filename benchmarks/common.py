@@ -67,7 +67,7 @@ def bench_table(report: Path) -> str:
 
 def distill_run(recipe: str, out: Path, overrides: list[str], results: Path, log: Path) -> dict:
     """`distill run RECIPE --out OUT --set ...` in the repository root (`out` relative to it),
-    unless results/ already holds its record.
+    unless results/ already holds its record. A --seeds run's seed-N/metrics.json are kept too.
 
     Returns the record: command, wall seconds, start date, load average and metrics.json.
     """
@@ -89,6 +89,9 @@ def distill_run(recipe: str, out: Path, overrides: list[str], results: Path, log
     for name in ("metrics.json", "history.csv", "recipe.toml"):  # a --seeds run has no top-level history
         if (REPO / out / name).exists():
             shutil.copy(REPO / out / name, results / name)
+    for seed_dir in sorted((REPO / out).glob("seed-*")):  # a --seeds run: each seed's own metrics too
+        (results / seed_dir.name).mkdir(exist_ok=True)
+        shutil.copy(seed_dir / "metrics.json", results / seed_dir.name / "metrics.json")
     record = {"command": shlex.join(cmd), "date": date, "wall_seconds": round(time.perf_counter() - started, 1),
               "load_average_before": round(load, 2), "metrics": json.loads((REPO / out / "metrics.json").read_text())}
     record_file.write_text(json.dumps(record, indent=2) + "\n")

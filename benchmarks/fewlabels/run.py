@@ -16,7 +16,6 @@ committed). A rerun skips what is recorded (delete results/<row> to redo).
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -39,12 +38,8 @@ def run_all() -> None:
 
 
 def record(row: str, recipe: str, overrides: list[str]) -> None:
-    """One multi-seed run, with each seed's metrics.json kept beside the pooled one."""
-    out, results = WORK / row, HERE / "results" / row
-    distill_run(recipe, out, overrides, results, HERE / "logs" / f"{row}.log")
-    for seed_dir in sorted((REPO / out).glob("seed-*")):
-        (results / seed_dir.name).mkdir(exist_ok=True)
-        shutil.copy(seed_dir / "metrics.json", results / seed_dir.name / "metrics.json")
+    """One multi-seed run; distill_run keeps each seed's metrics.json beside the pooled one."""
+    distill_run(recipe, WORK / row, overrides, HERE / "results" / row, HERE / "logs" / f"{row}.log")
 
 
 def cell(model: dict) -> str:

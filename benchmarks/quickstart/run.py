@@ -11,23 +11,18 @@ average before the run: a busy machine makes the wall times, not the accuracies,
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common import REPO, distill_run, machine, now  # noqa: E402
+from common import distill_run, machine, now  # noqa: E402
 
 OUT = Path("runs") / "quickstart_seeds"
 
 
 def run() -> None:
-    results = HERE / "results"
-    distill_run("recipes/quickstart.toml", OUT, ["seeds=3"], results, HERE / "logs" / "quickstart.log")
-    for seed_dir in sorted((REPO / OUT).glob("seed-*")):
-        (results / seed_dir.name).mkdir(exist_ok=True)
-        shutil.copy(seed_dir / "metrics.json", results / seed_dir.name / "metrics.json")
+    distill_run("recipes/quickstart.toml", OUT, ["seeds=3"], HERE / "results", HERE / "logs" / "quickstart.log")
 
 
 def report() -> str:
