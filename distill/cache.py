@@ -31,15 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .data.batched import batchable, gather, sample_keys
 from .distiller import SAMPLE_INDEX
 from .errors import DistillError
 from .files import atomic_write_text, ensure_free_space
 from .models.ensemble import teacher_logits
 from .settings import check_cache
 from .taps import LOGITS, FeatureTaps
+from .train import make_loader
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")
 
@@ -82,7 +84,10 @@ def draws_random_views(dataset: Dataset, seed: int = 0, tries: int = 8) -> bool:
 
 
 class ViewDataset(Dataset):
-    """`dataset` with reproducible augmentation: item i in epoch e is view (e mod views) of sample i."""
+    """`dataset` with reproducible augmentation: item i in epoch e is view (e mod views) of sample i.
+
+    An in-memory dataset (`batchable`) draws view v of sample i from its key (`sample_keys`), in any
+    batch and on any device; any other dataset from the CPU generator seeded by (seed, i, v)."""
 
     def __init__(self, dataset: Dataset, views: int, seed: int) -> None:
         self.dataset, self.views, self.seed, self.epoch = dataset, views, seed, 0
@@ -93,7 +98,21 @@ class ViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def batchable(self) -> bool:
+        return batchable(self.dataset)
+
+    def batch(self, k: Tensor, device: torch.device, keys: Tensor | None = None) -> tuple[Any, ...]:
+        """The current epoch's view of the samples at positions `k`, as one batch on `device`."""
+        return self._views(k, self.epoch % self.views, device)
+
+    def _views(self, k: Tensor, view: int, device: torch.device) -> tuple[Any, ...]:
+        return gather(self.dataset, k, device, keys=sample_keys(self.seed, k, view))
+
     def _sample(self, index: int, view: int) -> tuple[Tensor, Any]:
+        if self.batchable:
+            image, target, *_ = self._views(torch.tensor([index]), view, torch.device("cpu"))
+            return image[0], target[0]
         # Seed and restore only the CPU generator the transforms draw from: torch.manual_seed
         # would also reseed (and leave reseeded) every GPU generator, and costs ~10x more.
         generator = torch.default_generator
@@ -121,6 +140,11 @@ class CachedTeacherDataset(ViewDataset):
         image, target = self._sample(index, view)
         return image, target, {**self.cache.row(view, index), SAMPLE_INDEX: torch.tensor(index)}
 
+    def batch(self, k: Tensor, device: torch.device, keys: Tensor | None = None) -> tuple[Any, ...]:
+        view = self.epoch % self.views
+        image, target, *_ = self._views(k, view, device)
+        return image, target, {**self.cache.rows(view, k, device), SAMPLE_INDEX: k.to(device)}
+
 
 class TeacherCache:
     """Memory-mapped float16 teacher outputs, one array per read path: [views, N, *shape].
@@ -142,6 +166,12 @@ class TeacherCache:
 
     def row(self, view: int, index: int) -> dict[str, Tensor]:
         return {p: torch.from_numpy(np.array(a[view, index], dtype=np.float32)) for p, a in self.arrays.items()}
+
+    def rows(self, view: int, k: Tensor, device: torch.device) -> dict[str, Tensor]:
+        """The rows of the samples at positions `k`, as float32 on `device`."""
+        at = k.numpy()
+        return {p: torch.from_numpy(np.asarray(a[view, at], dtype=np.float32)).to(device, non_blocking=True)
+                for p, a in self.arrays.items()}
 
     def nbytes(self) -> int:
         return sum((self.directory / f"{i}.npy").stat().st_size for i in range(len(self.meta["paths"])))
@@ -261,10 +291,9 @@ def _run_teacher(teacher: nn.Module, source: ViewDataset, paths: list[str], dire
     try:
         for view in range(source.views):
             source.set_epoch(view)
-            loader = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                generator=torch.Generator())  # leaves the global RNG untouched
+            loader = make_loader(source, batch_size, shuffle=False, num_workers=num_workers, device=device)
             start = 0
-            for images, _ in tqdm(loader, desc=f"teacher cache view {view + 1}/{source.views}", leave=False,
+            for images, *_ in tqdm(loader, desc=f"teacher cache view {view + 1}/{source.views}", leave=False,
                                   disable=None if progress else True):
                 with torch.inference_mode():
                     logits = teacher_logits(teacher, images.to(device))  # an Ensemble's: [N, M, C]

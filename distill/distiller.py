@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .data.batched import batchable, gather
 from .errors import DistillError
 from .losses.labels import labelled_cross_entropy, with_teacher_labels
 from .models.ensemble import Ensemble, teacher_logits
@@ -234,6 +235,14 @@ class IndexedDataset(Dataset):
     def __getitem__(self, index: int):
         image, target = self.dataset[index]
         return image, target, {SAMPLE_INDEX: torch.tensor(index)}
+
+    @property
+    def batchable(self) -> bool:
+        return batchable(self.dataset)
+
+    def batch(self, k: Tensor, device: torch.device, keys: Tensor | None = None) -> tuple:
+        image, target = gather(self.dataset, k, device, keys)
+        return image, target, {SAMPLE_INDEX: k.to(device)}
 
 
 def _full_precision(x: Tensor) -> Tensor:

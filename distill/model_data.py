@@ -15,7 +15,7 @@ from .models import ModelCard
 from .recipe import Recipe
 
 # DataSpec fields that are not arguments of load_data
-_NOT_LOADER_ARGS = ("name", "root", "num_workers")
+_NOT_LOADER_ARGS = ("name", "root", "num_workers", "in_memory")
 
 
 def data_for_recipe(recipe: Recipe, data_root: str | None = None, **overrides) -> DataBundle:

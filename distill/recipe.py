@@ -61,6 +61,7 @@ class DataSpec:
     num_classes: int | None = None    # for `fake` data; checked against the data otherwise
     download: bool = False
     num_workers: int = 0
+    in_memory: bool = True            # array data sets: batches sliced from one tensor, augmented on the device
 
 
 @dataclass

@@ -83,12 +83,13 @@ class Schedule:
 
 @dataclass
 class Speed:
-    """Fast paths for training: mixed precision, memory layout, compilation, loader workers."""
+    """Fast paths for training: mixed precision, memory layout, compilation, the data path."""
 
     amp: str | None = None          # None | "bf16" | "fp16" (autocast; fp16 uses a GradScaler on CUDA)
     channels_last: bool = False     # NHWC memory layout for conv nets (faster on GPUs and oneDNN)
     compile: bool = False           # torch.compile the training module
-    num_workers: int = 0
+    num_workers: int = 0            # DataLoader workers (image folders; in-memory data needs none)
+    in_memory: bool = True          # array data: whole batches sliced and augmented on the device
 
     AMP = ("bf16", "fp16")
 

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from . import distributed
+from .data.batched import IndexBatches, NoSingletonBatches, batchable
 from .errors import DistillError
 from .files import atomic_save
 from .losses.labels import IGNORE_LABEL, labelled_cross_entropy
@@ -45,32 +46,28 @@ class Supervised(nn.Module):
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                num_workers: int = 0, device: torch.device | None = None) -> DataLoader:
-    """A loader whose shuffle order depends only on (seed, epoch), so resumed runs see the same batches."""
+                num_workers: int = 0, device: torch.device | str | None = None,
+                in_memory: bool = True) -> IndexBatches | DataLoader:
+    """An epoch's batches, in an order that depends only on (seed, epoch), so resumed runs see the same
+    batches. An in-memory dataset (`batchable`) is sliced by index and augmented on `device`, unless
+    `in_memory` is False; any other goes through a DataLoader (workers, pinned memory for CUDA). Both
+    paths give the same batches in the same order."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_sampler=NoSingletonBatches(sampler, batch_size), generator=generator,
-                      num_workers=num_workers, persistent_workers=False,
-                      pin_memory=device is not None and device.type == "cuda")
+    device = None if device is None else torch.device(device)
+    return _batches(dataset, NoSingletonBatches(sampler, batch_size), num_workers, device, in_memory,
+                    worker_seed=seed * 100_003 + epoch)
 
 
-class NoSingletonBatches(BatchSampler):
-    """Batches of `batch_size` indices in the sampler's order, except that a last batch of a single
-    sample joins the one before: BatchNorm cannot normalise one sample in training mode."""
-
-    def __init__(self, sampler: Sampler[int], batch_size: int) -> None:
-        super().__init__(sampler, batch_size, drop_last=False)
-
-    def __iter__(self) -> Iterator[list[int]]:  # a generator: draws its order on first use, as torch's does
-        batches = list(super().__iter__())
-        if len(batches) > 1 and len(batches[-1]) == 1:
-            last = batches.pop()
-            batches[-1] += last
-        yield from batches
-
-    def __len__(self) -> int:
-        n = super().__len__()
-        return n - 1 if n > 1 and len(self.sampler) % self.batch_size == 1 else n
+def _batches(dataset: Dataset, batch_sampler: NoSingletonBatches, num_workers: int, device: torch.device | None,
+             in_memory: bool, worker_seed: int | None = None) -> IndexBatches | DataLoader:
+    if in_memory and batchable(dataset):
+        return IndexBatches(dataset, batch_sampler, device or torch.device("cpu"))
+    # the workers' seeds come from a generator of their own: drawn from the sampler's, they would
+    # shift its order away from the in-memory path's
+    workers = None if worker_seed is None else torch.Generator().manual_seed(worker_seed)
+    return DataLoader(dataset, batch_sampler=batch_sampler, generator=workers, num_workers=num_workers,
+                      persistent_workers=False, pin_memory=device is not None and device.type == "cuda")
 
 
 @torch.no_grad()
@@ -112,7 +109,7 @@ def _outputs(model: nn.Module, data: Dataset | DataLoader, device: torch.device 
              batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     """(logits, labels) batch by batch with the model in eval mode; its mode is restored afterwards."""
     device = torch.device(device)
-    loader = data if isinstance(data, DataLoader) else make_loader(data, batch_size, shuffle=False)
+    loader = data if isinstance(data, DataLoader) else make_loader(data, batch_size, shuffle=False, device=device)
     was_training = model.training
     model.eval()
     try:
@@ -297,8 +294,8 @@ def _some_parameter_gets_no_gradient(module: nn.Module, data: Dataset, schedule:
     buffers = [b.clone() for b in module.buffers()]
     rng, was_training = _rng_state(), module.training
     module.train()
-    images, targets, kwargs = _on_device(next(iter(DataLoader(data, batch_size=schedule.batch_size))),
-                                         device, speed)
+    first = make_loader(data, schedule.batch_size, shuffle=False, device=device, in_memory=speed.in_memory)
+    images, targets, kwargs = _on_device(next(iter(first)), device, speed)
     with speed.autocast(device):
         _, losses = module(images, targets, **kwargs)
     sum(losses.values()).backward()
@@ -325,15 +322,16 @@ def _on_device(batch: Any, device: torch.device, speed: Speed) -> tuple[Tensor, 
 
 
 def _loader(data: Dataset, schedule: Schedule, epoch: int, seed: int, speed: Speed,
-            device: torch.device) -> DataLoader:
+            device: torch.device) -> IndexBatches | DataLoader:
+    """Epoch `epoch`'s batches; under DDP this rank's shard, DistributedSampler's (also in memory)."""
     if not distributed.active():
         return make_loader(data, schedule.batch_size, shuffle=True, seed=seed, epoch=epoch,
-                           num_workers=speed.num_workers, device=device)
+                           num_workers=speed.num_workers, device=device, in_memory=speed.in_memory)
     from torch.utils.data.distributed import DistributedSampler
     sampler = DistributedSampler(data, shuffle=True, seed=seed)
     sampler.set_epoch(epoch)
-    return DataLoader(data, batch_sampler=NoSingletonBatches(sampler, schedule.batch_size),
-                      num_workers=speed.num_workers, pin_memory=device.type == "cuda")
+    return _batches(data, NoSingletonBatches(sampler, schedule.batch_size), speed.num_workers, device,
+                    speed.in_memory)
 
 
 NONFINITE_CHECK_STEPS = 100  # without skip_nonfinite: how often (and at every epoch end) NaN/inf is checked

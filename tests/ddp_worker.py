@@ -13,9 +13,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from distill import Distiller, Schedule, Term, distributed, fit
+from distill.data import load_data
+from distill.data.batched import gather
 from distill.losses import HintLoss, KDLoss
 from distill.models import build_model
 
@@ -35,6 +37,28 @@ class NaNOnRank1(nn.Module):
         return (student - teacher).pow(2).mean() * (float("nan") if bad else 1.0)
 
 
+class Recorded(Dataset):
+    """An in-memory dataset that records, per epoch, the positions each of fit's batches asks for."""
+
+    batchable = True
+
+    def __init__(self, data: Dataset) -> None:
+        self.data, self.epoch, self.asked = data, -1, {}
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        return self.data[index]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batch(self, k: torch.Tensor, device: torch.device, keys: torch.Tensor | None = None):
+        self.asked.setdefault(self.epoch, []).extend(k.tolist())
+        return gather(self.data, k, device, keys)
+
+
 def models(rank: int) -> tuple[nn.Module, nn.Module]:
     """The same teacher on every rank; a student initialised differently on each, so that only
     DDP (which starts every rank from rank 0's weights) can make the students end identical."""
@@ -46,7 +70,7 @@ def models(rank: int) -> tuple[nn.Module, nn.Module]:
 
 def distiller(scenario: str, rank: int) -> Distiller:
     teacher, student = models(rank)
-    if scenario == "kd_hint":
+    if scenario in ("kd_hint", "in_memory_shard"):
         terms = [Term("kd", KDLoss()), Term("hint", HintLoss(), student="stage3", teacher="stage3")]
         return Distiller(teacher, student, terms, SHAPE)
     if scenario == "fitnets_stage1":  # no CE, one hint on a middle layer: stage3 and the head get no gradient
@@ -65,18 +89,22 @@ def main() -> None:
     rank = distributed.rank()
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(32, *SHAPE, generator=g), torch.randint(0, 4, (32,), generator=g))
-    for scenario in scenarios:  # 2 steps per epoch and rank
+    for scenario in scenarios:  # 2 steps per epoch and rank (in_memory_shard: 3, 45 digits of 4 classes)
         d = distiller(scenario, rank)
         initial = {k: v.clone() for k, v in d.student.state_dict().items()}
+        train = data
+        if scenario == "in_memory_shard":
+            train = Recorded(load_data("digits", jitter=1, classes=[0, 1, 2, 3], train_limit=45, test_limit=8).train)
         try:
-            history = fit(d, data, Schedule(epochs=2, batch_size=8, lr=0.1), progress=False,
+            history = fit(d, train, Schedule(epochs=2, batch_size=8, lr=0.1), progress=False,
                           resume_path=out / f"{scenario}-resume-rank{rank}.pt",
                           skip_nonfinite=scenario == "nan_on_rank1_skipped")
         except Exception as e:  # noqa: BLE001 - recorded for the test to read; the next scenario runs
             (out / f"{scenario}-rank{rank}.error").write_text(f"{type(e).__name__}: {e}")
             continue
         torch.save({"student": d.student.state_dict(), "initial": initial, "connectors": d.connectors.state_dict(),
-                    "world": dist.get_world_size(), "history": history}, out / f"{scenario}-rank{rank}.pt")
+                    "world": dist.get_world_size(), "history": history, "asked": getattr(train, "asked", {})},
+                   out / f"{scenario}-rank{rank}.pt")
 
 
 if __name__ == "__main__":

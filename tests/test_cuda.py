@@ -112,3 +112,31 @@ def test_supervised_training_and_evaluation_stay_on_the_requested_gpu():
     model = build_model("small_cnn", 10, (1, 8, 8), width=4)
     fit(Supervised(model), data(), Schedule(epochs=1, batch_size=16), device="cuda:0", progress=False)
     assert all(p.device.type == "cuda" for p in model.parameters())
+
+
+def test_in_memory_data_lives_on_the_gpu_and_its_views_match_the_cpus():
+    """The uint8 images are copied to the GPU once, batches are augmented there, and a cached view
+    (keyed draws) is the same image as on the CPU."""
+    from distill.data import load_data
+    from distill.data.batched import gather, sample_keys
+    bundle = load_data("digits", jitter=2, train_limit=200, test_limit=20)
+    k = torch.arange(64)
+    images, targets = gather(bundle.train, k, "cuda")
+    assert images.device.type == targets.device.type == "cuda"
+    assert bundle.train.source.pixels(torch.device("cuda")).device.type == "cuda"
+    keys = sample_keys(3, k, 1)
+    on_gpu, _ = gather(bundle.train, k, "cuda", keys=keys)
+    on_cpu, _ = gather(bundle.train, k, "cpu", keys=keys)
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=0, atol=1e-6)
+
+
+def test_data_over_the_gpu_memory_share_stays_on_the_host_and_still_trains(monkeypatch):
+    from distill.data import load_data
+    from distill.data.batched import gather
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024, 1024))  # 1 KiB free
+    bundle = load_data("digits", jitter=1, train_limit=100, test_limit=20)
+    assert bundle.train.source.pixels(torch.device("cuda")).device.type == "cpu"
+    images, _ = gather(bundle.train, torch.arange(8), "cuda")
+    assert images.device.type == "cuda"
+    model = build_model("mlp", 10, bundle.input_shape, hidden=[16])
+    fit(Supervised(model), bundle.train, Schedule(epochs=1, batch_size=16), device="cuda", progress=False)

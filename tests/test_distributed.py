@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data.distributed import DistributedSampler
 from helpers import cli, tiny_recipe
 
 from distill.models import safe_load
 
-SCENARIOS = ("kd_hint", "fitnets_stage1", "nan_on_rank1_stopped", "nan_on_rank1_skipped")
+SCENARIOS = ("kd_hint", "fitnets_stage1", "nan_on_rank1_stopped", "nan_on_rank1_skipped", "in_memory_shard")
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,19 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank_together(ddp_run):
     would leave the other waiting in the gradient all-reduce) and stay identical."""
     ranks = [result(ddp_run, "nan_on_rank1_skipped", r) for r in (0, 1)]
     assert [[e["skipped_steps"] for e in r["history"]] for r in ranks] == [[0, 2], [0, 2]]
+    assert_same_on_both_ranks(ranks, "student")
+
+
+def test_each_rank_slices_distributed_samplers_shard_of_an_in_memory_dataset(ddp_run):
+    """In-memory batches under DDP: each rank gathers exactly DistributedSampler's shard of every
+    epoch (same positions, same order), and together the ranks see every image."""
+    ranks = [result(ddp_run, "in_memory_shard", r) for r in (0, 1)]
+    for epoch in (0, 1):
+        for rank, outcome in enumerate(ranks):
+            sampler = DistributedSampler(range(45), num_replicas=2, rank=rank, shuffle=True, seed=0)
+            sampler.set_epoch(epoch)
+            assert outcome["asked"][epoch] == list(sampler), (epoch, rank)
+        assert set(ranks[0]["asked"][epoch]) | set(ranks[1]["asked"][epoch]) == set(range(45))
     assert_same_on_both_ranks(ranks, "student")
 
 

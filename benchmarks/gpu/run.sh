@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The GPU checks, in one script: the CUDA tests and the training-throughput benchmark on one GPU.
+# The GPU checks, in one script: the CUDA tests, the training-throughput and the data-path
+# benchmarks on one GPU.
 #
 #   bash benchmarks/gpu/run.sh [OUT_DIR]     # under 8 minutes on one GPU; default OUT_DIR: $OUT, else
 #                                            # benchmarks/gpu/results
 #
 # Everything it prints lands in OUT_DIR (nvidia-smi.txt, test_cuda.log, throughput/RESULTS.md and
-# results.json, versions.txt); benchmarks/gpu/RESULTS.md records what a run measured. Without a
+# results.json, data_path/results.json, versions.txt); benchmarks/gpu/RESULTS.md records what a run measured. Without a
 # CUDA GPU it says so and exits 0. A machine without torch-pruning installs it from .whl/ if present
 # (pip download --no-deps torch-pruning -d .whl).
 set -uo pipefail
@@ -39,4 +40,7 @@ timeout 240 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 |
 echo "== benchmarks/train_throughput.py on $(nproc) CPU threads and the GPU"
 timeout 200 "$python" benchmarks/train_throughput.py --threads "$(nproc)" --rounds 5 --out "$out/throughput" \
   2>&1 | tail -n 60 | tee "$out/throughput.log" || status=1
+echo "== benchmarks/data_path.py on the GPU: bf16, channels_last (fake data where the .npz files are absent)"
+timeout 150 "$python" benchmarks/data_path.py --device cuda --amp bf16 --channels-last --out "$out/data_path" \
+  2>&1 | tail -n 20 | tee "$out/data_path.log" || status=1
 exit $status

@@ -5,6 +5,7 @@ names, normalisation). Nothing here selects, splits or augments; `load_data` doe
 """
 from __future__ import annotations
 
+import math
 import struct
 import warnings
 import zlib
@@ -16,6 +17,7 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import DistillError
+from .batched import placed
 from .transforms import Source, convert_stats
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -39,9 +41,14 @@ class TensorSource:
 
     def __init__(self, images: torch.Tensor, labels: np.ndarray):
         self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
+        self.copies: dict[str, torch.Tensor] = {}
 
     def image(self, i: int) -> torch.Tensor:
         return self.images[i]
+
+    def pixels(self, device: torch.device | None = None) -> torch.Tensor:
+        """Every image as one uint8 tensor, on `device` when it fits there (see `placed`)."""
+        return placed(self.images, device, self.copies)
 
 
 class FolderSource:
@@ -55,6 +62,10 @@ class FolderSource:
     def __init__(self, samples: list[tuple[str, int]]):
         self.paths = [p for p, _ in samples]
         self.labels = np.array([c for _, c in samples], dtype=np.int64)
+
+    def pixels(self, device: torch.device | None = None) -> None:
+        """None: image files are decoded one by one, in DataLoader workers."""
+        return None
 
     def image(self, i: int) -> torch.Tensor:
         from PIL import Image
@@ -82,10 +93,21 @@ class FakeSource:
     """Deterministic random images, generated on demand, that a model can still learn: each is
     the average of its class's fixed random template and its own random noise."""
 
+    MAX_IN_MEMORY = 2 ** 26  # bytes: small fake data is generated once and batched like an array dataset
+
     def __init__(self, n: int, shape: tuple[int, int, int], num_classes: int, seed: int, split: int):
         self.shape, self.seed, self.split = shape, seed, split
         rng = np.random.default_rng([seed, split])
         self.labels = rng.permutation(np.arange(n) % num_classes)
+        self.copies: dict[str, torch.Tensor] = {}
+
+    def pixels(self, device: torch.device | None = None) -> torch.Tensor | None:
+        """Every image as one uint8 tensor (generated once) when they take at most MAX_IN_MEMORY bytes."""
+        if len(self.labels) * math.prod(self.shape) > self.MAX_IN_MEMORY:
+            return None
+        if "cpu" not in self.copies:
+            self.copies["cpu"] = torch.stack([self.image(i) for i in range(len(self.labels))])
+        return placed(self.copies["cpu"], device, self.copies)
 
     def _noise(self, *key: int) -> torch.Tensor:
         seed = np.random.SeedSequence([self.seed, *key]).generate_state(1)[0]

@@ -1,12 +1,14 @@
 """Tensor transforms and the one Dataset class every split uses.
 
-Images stay uint8 (C, H, W) in memory and are turned into normalised float tensors one sample at
-a time, without PIL round trips: scale to [0, 1], match the channel count, augment, resize,
-normalise. The small-image steps are hand-written because torchvision's generic transforms cost
-several times more per sample, which dominates an MNIST epoch on CPU. Augmentation draws from
-torch's global RNG, so `torch.manual_seed` (and DataLoader's per-worker seeding) makes it
-reproducible. Every step's repr is its class and settings, never a memory address, so a pipeline's
-repr describes it the same way in every process (the teacher cache keys on it).
+Images stay uint8 (C, H, W) in memory and become normalised float tensors without PIL round trips:
+scale to [0, 1], match the channel count, augment, resize, normalise. The small-image steps are
+hand-written because torchvision's generic transforms cost several times more per sample. A
+`Pipeline` of them works on one image or on a whole batch (N, C, H, W) at once, drawing each
+image's random shift and flip separately (`Draw`): in-memory datasets augment whole batches on the
+training device (`distill.data.batched`). One image draws from torch's global RNG, so
+`torch.manual_seed` (and DataLoader's per-worker seeding) makes it reproducible. Every step's repr is
+its class and settings, never a memory address, so a pipeline's repr describes it the same way in
+every process (the teacher cache keys on it).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import DistillError
+from .batched import Draw
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as in torchvision's rgb_to_grayscale
 
@@ -36,9 +39,17 @@ class Source(Protocol):
     def image(self, i: int) -> torch.Tensor:  # uint8 (C, H, W)
         ...
 
+    def pixels(self, device: torch.device | None = None) -> torch.Tensor | None:
+        """Every image as one uint8 (N, C, H, W) tensor (on `device` when it fits), or None when the
+        images are not held in memory (files)."""
+        ...
+
 
 class ImageDataset(Dataset):
-    """`source`'s images at `indices` with (possibly relabelled) `targets`, through `transform`."""
+    """`source`'s images at `indices` with (possibly relabelled) `targets`, through `transform`.
+
+    When the source is in memory and the transform a `Pipeline`, whole batches are gathered and
+    transformed at once on the training device (`batch`)."""
 
     def __init__(self, source: Source, indices: Sequence[int], targets: Sequence[int],
                  transform: Callable[[torch.Tensor], torch.Tensor]):
@@ -53,12 +64,30 @@ class ImageDataset(Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.source.image(int(self.indices[k]))), int(self.targets[k])
 
+    @property
+    def batchable(self) -> bool:
+        return isinstance(self.transform, Pipeline) and self.source.pixels() is not None
+
+    def batch(self, k: torch.Tensor, device: torch.device,
+              keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, targets) of the samples at positions `k` on `device`, augmented there; with `keys`,
+        each sample's random augmentation is the one its key draws (`Draw`)."""
+        pixels = self.source.pixels(device)
+        rows = self.indices[k].to(pixels.device, non_blocking=True)
+        images = pixels[rows].to(device, non_blocking=True)
+        return (self.transform.batch(images, Draw(len(k), device, keys)),
+                self.targets[k].to(device, non_blocking=True))
+
 
 class Step:
-    """A transform whose repr is `Name(setting=value, ...)`: the same in every process."""
+    """A transform whose repr is `Name(setting=value, ...)`: the same in every process. It takes one
+    image (C, H, W) or a batch (N, C, H, W); a random step's `batch` draws per image from a `Draw`."""
 
     def settings(self) -> dict[str, Any]:
         return dict(vars(self))
+
+    def batch(self, x: torch.Tensor, draw: Draw) -> torch.Tensor:
+        return self(x)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.settings().items())})"
@@ -81,10 +110,10 @@ class ToChannels(Step):
         self.channels = channels
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] == self.channels:
+        if x.shape[-3] == self.channels:
             return x
         if self.channels == 3:
-            return x.expand(3, -1, -1)
+            return x.expand(*x.shape[:-3], 3, -1, -1)
         return F.rgb_to_grayscale(x)
 
 
@@ -100,12 +129,26 @@ class RandomShift(Step):
         i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()
         return nn.functional.pad(x, (p, p, p, p))[..., i:i + h, j:j + w]
 
+    def batch(self, x: torch.Tensor, draw: Draw) -> torch.Tensor:
+        """Each image of the batch cut from the zero-padded batch at its own offset (i, j)."""
+        p, (n, c, h, w) = self.pad, x.shape
+        offsets = draw.integers(2 * p + 1, 2)
+        rows = (offsets[:, :1] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (offsets[:, 1:] + torch.arange(w, device=x.device))[:, None, None, :]
+        padded = nn.functional.pad(x, (p, p, p, p))
+        flat = (rows * (w + 2 * p) + cols).expand(n, c, h, w).reshape(n, c, h * w)
+        return padded.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
+
 
 class RandomFlip(Step):
     """Mirror left-right with probability 1/2."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return x.flip(-1) if torch.rand(()) < 0.5 else x
+
+    def batch(self, x: torch.Tensor, draw: Draw) -> torch.Tensor:
+        flip = draw.integers(2).bool().view(-1, 1, 1, 1)
+        return torch.where(flip, x.flip(-1), x)
 
 
 class Resize(Step):
@@ -127,12 +170,34 @@ class Normalize(Step):
             raise DistillError(f"mean={mean} and std={std}: expected as many values in each (one per channel)")
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
+        self.on: dict[str, tuple[torch.Tensor, torch.Tensor]] = {"cpu": (self.mean, self.std)}
 
     def settings(self) -> dict[str, Any]:  # the exact values: a tensor's repr rounds them
         return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        key = str(x.device)
+        if key not in self.on:
+            self.on[key] = (self.mean.to(x.device), self.std.to(x.device))
+        mean, std = self.on[key]
+        return (x - mean) / std
+
+
+class Pipeline(Step):
+    """Steps applied in order, to one image or to a batch (each image with its own random draws)."""
+
+    def __init__(self, steps: Sequence[Step]):
+        self.steps = list(steps)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for step in self.steps:
+            x = step(x)
+        return x
+
+    def batch(self, x: torch.Tensor, draw: Draw) -> torch.Tensor:
+        for step in self.steps:
+            x = step.batch(x, draw)
+        return x
 
 
 def check_stats(kind: str, given: Any) -> list[float]:
@@ -165,14 +230,14 @@ def convert_stats(values: tuple[float, ...], channels: int) -> tuple[float, ...]
 
 
 def tensor_pipeline(max_value: float, channels: int, mean: Sequence[float], std: Sequence[float],
-                    size: int | None = None, pad: int = 0, flip: bool = False) -> T.Compose:
+                    size: int | None = None, pad: int = 0, flip: bool = False) -> Pipeline:
     """Small-image pipeline: shift by up to `pad` pixels and flip (train only) at the native
     resolution, then resize to `size` x `size` and normalise."""
     steps: list = [ToFloat(max_value), ToChannels(channels)]
     steps += [RandomShift(pad)] if pad else []
     steps += [RandomFlip()] if flip else []
     steps += [Resize(size)] if size else []
-    return T.Compose([*steps, Normalize(mean, std)])
+    return Pipeline([*steps, Normalize(mean, std)])
 
 
 def imagenet_pipeline(channels: int, mean: Sequence[float], std: Sequence[float], size: int,

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from ..errors import DistillError
 from ..files import ensure_readable
 from ..losses.labels import IGNORE_LABEL
+from .batched import batchable, gather, placed
 from .sources import FolderSource, Raw, TensorSource
 from .transforms import Source
 
@@ -77,6 +78,13 @@ class RepeatedDataset(Dataset):
     def __getitem__(self, index: int):
         return self.dataset[index % len(self.dataset)]
 
+    @property
+    def batchable(self) -> bool:
+        return batchable(self.dataset)
+
+    def batch(self, k: torch.Tensor, device: torch.device, keys: torch.Tensor | None = None) -> tuple:
+        return gather(self.dataset, k % len(self.dataset), device, keys)
+
 
 class JoinedSource:
     """Two sources as one: positions past the first's end are the second's images."""
@@ -84,6 +92,16 @@ class JoinedSource:
     def __init__(self, first: Source, second: Source) -> None:
         self.first, self.second, self.offset = first, second, len(first.labels)
         self.labels = np.concatenate([first.labels, second.labels])
+        self.copies: dict[str, torch.Tensor] = {}
+
+    def pixels(self, device: torch.device | None = None) -> torch.Tensor | None:
+        """Both sources' images as one uint8 tensor (joined once), when both are held in memory."""
+        if "cpu" not in self.copies:
+            first, second = self.first.pixels(), self.second.pixels()
+            if first is None or second is None:
+                return None
+            self.copies["cpu"] = torch.cat([first, second])
+        return placed(self.copies["cpu"], device, self.copies)
 
     def image(self, i: int) -> torch.Tensor:
         return self.first.image(i) if i < self.offset else self.second.image(i - self.offset)
@@ -94,9 +112,22 @@ class Rescaled:
 
     def __init__(self, source: Source, max_value: float) -> None:
         self.source, self.max_value, self.labels = source, max_value, source.labels
+        self.copies: dict[str, torch.Tensor] = {}
 
     def image(self, i: int) -> torch.Tensor:
-        return (self.source.image(i).float() * (self.max_value / 255)).round().to(torch.uint8)
+        return self._rescale(self.source.image(i))
+
+    def pixels(self, device: torch.device | None = None) -> torch.Tensor | None:
+        """Every image rescaled, as one uint8 tensor (computed once), when the source is in memory."""
+        if "cpu" not in self.copies:
+            original = self.source.pixels()
+            if original is None:
+                return None
+            self.copies["cpu"] = self._rescale(original)
+        return placed(self.copies["cpu"], device, self.copies)
+
+    def _rescale(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() * (self.max_value / 255)).round().to(torch.uint8)
 
 
 def _folder(path: Path, native: tuple[int, ...] | None) -> Source:

@@ -114,7 +114,7 @@ class RunContext:
         return {"val_data": self.data.val, "device": self.device, "seed": self.recipe.seed,
                 "resume_path": self.run.resume_file(role), "resume": True,
                 "speed": Speed(amp=s.amp, channels_last=s.channels_last, compile=s.compile,
-                               num_workers=self.recipe.data.num_workers),
+                               num_workers=self.recipe.data.num_workers, in_memory=self.recipe.data.in_memory),
                 "skip_nonfinite": self.recipe.skip_nonfinite, "desc": role, "progress": self.progress,
                 **_epoch_log(self, role)}
 
