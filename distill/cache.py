@@ -13,8 +13,9 @@ seeded by (seed, i, v), and in epoch e the student sees view e mod `views`. So:
   diversity; FKD, Shen & Xing 2021, uses the same trade with K ~ epochs/4 at ImageNet scale).
 Stored as float16 by default (relative rounding ~5e-4), or float32 for bit-exact replay.
 The cache is keyed by the teacher's weights, the dataset (its class, length, transform described
-without memory addresses, and the content of a few samples), the read paths, the views, the seed
-and the dtype: change any and it is rebuilt, never silently reused. The key is the same in every
+without memory addresses, every image and label of in-memory data, the content of a few samples),
+the read paths, the views, the seed and the dtype: change any and it is rebuilt, never silently
+reused. The key is the same in every
 process that runs the same recipe, so `--resume` reuses the cache and, under DDP, rank 0 builds it
 and the other ranks only open it. A damaged cache (corrupt meta.json or array) is rebuilt.
 """
@@ -59,8 +60,9 @@ def describe_transform(transform: Any) -> str:
 def cache_key(teacher: nn.Module, dataset: Dataset, paths: Sequence[str], *, views: int = 1, seed: int = 0,
               dtype: str = "float16") -> str:
     """What a cache depends on, the same in every process that runs the same recipe: the teacher's
-    weights; the dataset's class, length and transform description; the content of a few of its
-    samples (view 0, as augmented with `seed`); the read paths, views, seed and dtype."""
+    weights; the dataset's class, length and transform description; every image and label when they
+    are in memory (`content_digest`), and the content of a few samples (view 0, as augmented with
+    `seed`); the read paths, views, seed and dtype."""
     h = hashlib.sha256()
     for name, tensor in teacher.state_dict().items():
         h.update(name.encode())
@@ -68,7 +70,9 @@ def cache_key(teacher: nn.Module, dataset: Dataset, paths: Sequence[str], *, vie
     kind = type(dataset)
     h.update(json.dumps({"paths": list(dict.fromkeys(paths)), "views": views, "seed": seed, "dtype": dtype,
                          "n": len(dataset), "dataset": f"{kind.__module__}.{kind.__qualname__}",
-                         "transform": describe_transform(getattr(dataset, "transform", None))}).encode())
+                         "transform": describe_transform(getattr(dataset, "transform", None)),
+                         "content": dataset.content_digest() if hasattr(dataset, "content_digest") else None
+                         }).encode())
     for i in sorted({0, len(dataset) // 2, len(dataset) - 1}):
         x, y = ViewDataset(dataset, views=1, seed=seed)._sample(i, 0)
         h.update(x.numpy().tobytes())

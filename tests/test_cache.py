@@ -256,3 +256,15 @@ def test_a_run_records_its_cache_key_and_reuse_and_warns_once_about_one_frozen_v
     assert code == 0, output
     again = json.loads((out / "metrics.json").read_text())["teacher_cache"]
     assert again["reused"] is True and again["key"] == first["key"]
+
+
+def test_an_image_edited_anywhere_in_in_memory_data_changes_the_key():
+    """Not only the few samples the key looks at: every image and label of an array data set counts."""
+    teacher, _ = models()
+    bundle = load_data("digits", train_limit=200, test_limit=10)
+    before = cache_key(teacher, bundle.train, ["logits"])
+    bundle.train.source.images[int(bundle.train.indices[37]), 0, 3, 3] += 1
+    edited = cache_key(teacher, bundle.train, ["logits"])
+    bundle.train.targets[50] = (bundle.train.targets[50] + 1) % 10
+    relabelled = cache_key(teacher, bundle.train, ["logits"])
+    assert len({before, edited, relabelled}) == 3

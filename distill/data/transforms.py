@@ -12,6 +12,7 @@ every process (the teacher cache keys on it).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
@@ -67,6 +68,16 @@ class ImageDataset(Dataset):
     @property
     def batchable(self) -> bool:
         return isinstance(self.transform, Pipeline) and self.source.pixels() is not None
+
+    def content_digest(self) -> str | None:
+        """sha256 of every image's pixels and label when the images are held in memory, else None:
+        the teacher cache keys on it, so an image edited anywhere in the data rebuilds the cache."""
+        pixels = self.source.pixels()
+        if pixels is None:
+            return None
+        h = hashlib.sha256(pixels[self.indices].numpy())
+        h.update(self.targets.numpy())
+        return h.hexdigest()
 
     def batch(self, k: torch.Tensor, device: torch.device,
               keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
