@@ -5,8 +5,9 @@ outputs every term reads (logits, hooked features) as float16 `.npy` files that 
 so an ImageNet-size cache (1.28M x 1000 logits = 2.6 GB per view) never has to fit in memory.
 
 Correctness under augmentation: the student must see exactly the image the teacher saw. Each
-sample has `views` fixed augmentations: view v of sample i is drawn with the random generator
-seeded by (seed, i, v), and in epoch e the student sees view e mod `views`. So:
+sample has `views` fixed augmentations: view v of sample i is drawn from a key hashed from
+(seed, i, v) (in-memory data, `distill.data.batched.sample_keys`) or with the random generator
+seeded by (seed, i, v) (any other dataset), and in epoch e the student sees view e mod `views`. So:
 - `views=1` with deterministic inputs (no augmentation) is exact and loses nothing;
 - `views=K` with random augmentation is exact for those K views, but the student sees only K
   distinct augmentations per sample instead of a fresh one every epoch (less augmentation
@@ -145,9 +146,8 @@ class CachedTeacherDataset(ViewDataset):
         return image, target, {**self.cache.row(view, index), SAMPLE_INDEX: torch.tensor(index)}
 
     def batch(self, k: Tensor, device: torch.device, keys: Tensor | None = None) -> tuple[Any, ...]:
-        view = self.epoch % self.views
-        image, target, *_ = self._views(k, view, device)
-        return image, target, {**self.cache.rows(view, k, device), SAMPLE_INDEX: k.to(device)}
+        image, target, *_ = super().batch(k, device)
+        return image, target, {**self.cache.rows(self.epoch % self.views, k, device), SAMPLE_INDEX: k.to(device)}
 
 
 class TeacherCache:

@@ -61,6 +61,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
 
 def _batches(dataset: Dataset, batch_sampler: NoSingletonBatches, num_workers: int, device: torch.device | None,
              in_memory: bool, worker_seed: int | None = None) -> IndexBatches | DataLoader:
+    """`batch_sampler`'s batches of `dataset`: by index when it is in memory (and `in_memory`), else
+    from a DataLoader."""
     if in_memory and batchable(dataset):
         return IndexBatches(dataset, batch_sampler, device or torch.device("cpu"))
     # the workers' seeds come from a generator of their own: drawn from the sampler's, they would

@@ -258,10 +258,16 @@ def test_a_run_records_its_cache_key_and_reuse_and_warns_once_about_one_frozen_v
     assert again["reused"] is True and again["key"] == first["key"]
 
 
-def test_an_image_edited_anywhere_in_in_memory_data_changes_the_key():
-    """Not only the few samples the key looks at: every image and label of an array data set counts."""
-    teacher, _ = models()
-    bundle = load_data("digits", train_limit=200, test_limit=10)
+def test_an_image_edited_anywhere_in_in_memory_data_changes_the_key(tmp_path):
+    """Not only the few samples the key looks at: every image and label of an array data set counts
+    (RGB images, stored channels-last in an .npz, included)."""
+    torch.manual_seed(0)
+    teacher = build_model("small_cnn", 10, (3, 8, 8), width=4)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "rgb.npz", x_train=rng.integers(0, 256, (200, 8, 8, 3), dtype=np.uint8),
+             y_train=np.arange(200) % 10, x_test=rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8),
+             y_test=np.arange(10))
+    bundle = load_data("npz", path=tmp_path / "rgb.npz")
     before = cache_key(teacher, bundle.train, ["logits"])
     bundle.train.source.images[int(bundle.train.indices[37]), 0, 3, 3] += 1
     edited = cache_key(teacher, bundle.train, ["logits"])

@@ -123,18 +123,33 @@ def test_a_view_is_the_same_image_in_any_batch_and_different_views_differ():
     assert not torch.equal(views[0], views[1])
 
 
-def test_training_batches_are_reproducible_from_the_seed_and_differ_between_epochs():
+def test_training_augmentation_is_reproducible_from_the_seed_and_fresh_in_every_epoch():
     data = load_data("digits", jitter=2, train_limit=200, test_limit=20).train
 
-    def epoch(seed: int, number: int) -> list[torch.Tensor]:
+    def images(seed: int, epochs: int = 1) -> list[torch.Tensor]:
+        """The augmented images, in data order (no shuffling), of `epochs` epochs after seeding."""
         torch.manual_seed(seed)
-        loader = make_loader(data, 64, shuffle=True, seed=seed, epoch=number)
-        assert isinstance(loader, IndexBatches)
-        return [images for images, _ in loader]
+        return [torch.cat([x for x, _ in make_loader(data, 64, shuffle=False)]) for _ in range(epochs)]
 
-    assert all(torch.equal(a, b) for a, b in zip(epoch(0, 0), epoch(0, 0)))
-    assert not torch.equal(epoch(0, 0)[0], epoch(0, 1)[0])
-    assert not torch.equal(epoch(0, 0)[0], epoch(1, 0)[0])
+    assert torch.equal(images(0)[0], images(0)[0])
+    assert not torch.equal(images(0)[0], images(1)[0]), "the seed decides the shifts"
+    first, second = images(0, epochs=2)
+    assert (first != second).flatten(1).any(1).float().mean() > 0.5, "each epoch draws new shifts"
+
+
+def test_the_views_of_a_sample_are_drawn_independently_of_each_other():
+    """Any two views' shifts agree as often as chance says (1 in 2p+1), whichever axes are compared."""
+    n = 5000
+    data = augmented(n, flip=False)
+    shifts = [shifts_and_flips(gather(data, torch.arange(n), keys=sample_keys(0, torch.arange(n), v))[0])[:2]
+              for v in range(4)]
+    chance, sd = 1 / (2 * PAD + 1), np.sqrt(0.2 * 0.8 / n)
+    for v in range(4):
+        for w in range(v + 1, 4):
+            for a in (0, 1):
+                for b in (0, 1):
+                    agree = (shifts[v][a] == shifts[w][b]).mean()
+                    assert abs(agree - chance) < 5 * sd, (v, w, a, b, agree)
 
 
 def test_the_in_memory_loader_gives_the_dataloaders_batches_in_the_same_order():

@@ -14,7 +14,7 @@ on any device and in any batch).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -27,13 +27,13 @@ _MIX = 0x45D9F3B  # odd and below 2**31: products of 32-bit values stay inside i
 
 def batchable(dataset: Dataset) -> bool:
     """Whether `dataset` can hand out whole batches by index (`gather`)."""
-    return isinstance(dataset, TensorDataset) or bool(getattr(dataset, "batchable", False))
+    return type(dataset) is TensorDataset or bool(getattr(dataset, "batchable", False))
 
 
 def gather(dataset: Dataset, positions: Tensor, device: torch.device | str = "cpu",
            keys: Tensor | None = None) -> tuple[Any, ...]:
     """The samples at `positions` (a CPU int64 tensor) as one batch on `device`."""
-    if isinstance(dataset, TensorDataset):
+    if type(dataset) is TensorDataset:  # a subclass may augment in __getitem__: it is asked itself
         return tuple(t[positions].to(device, non_blocking=True) for t in dataset.tensors)
     return dataset.batch(positions, torch.device(device), keys=keys)
 
@@ -83,9 +83,10 @@ def mix32(x: Tensor) -> Tensor:
 
 
 def sample_keys(seed: int, indices: Tensor, view: int) -> Tensor:
-    """The key of view `view` of each sample in `indices`: what its random augmentation is drawn from."""
+    """The key of view `view` of each sample in `indices`: what its random augmentation is drawn from.
+    Seed and view each pass through the hash, so no draw of one view repeats a draw of another."""
     base = mix32(torch.tensor([seed & MASK32, view & MASK32]))
-    return mix32(mix32(indices.to(torch.int64) & MASK32) ^ base[0]) ^ base[1]
+    return mix32(mix32(mix32(indices.to(torch.int64) & MASK32) ^ base[0]) ^ base[1])
 
 
 class Draw:
@@ -116,8 +117,22 @@ def placed(pixels: Tensor, device: torch.device | None, copies: dict[str, Tensor
     the host and only its uint8 rows travel)."""
     if device is None or device.type == "cpu":
         return pixels
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" share one copy
+        device = torch.device("cuda", torch.cuda.current_device())
     key = str(device)
     if key not in copies:
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
         copies[key] = pixels.to(device) if pixels.nbytes <= DEVICE_SHARE * free else pixels
     return copies[key]
+
+
+def held(copies: dict[str, Tensor], device: torch.device | None,
+         compute: Callable[[], Tensor | None]) -> Tensor | None:
+    """A source's pixels computed once on the host (kept in `copies["cpu"]`), then `placed` on
+    `device`; None, and nothing kept, when `compute` says the images are not in memory."""
+    if "cpu" not in copies:
+        pixels = compute()
+        if pixels is None:
+            return None
+        copies["cpu"] = pixels
+    return placed(copies["cpu"], device, copies)

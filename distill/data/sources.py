@@ -17,7 +17,7 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import DistillError
-from .batched import placed
+from .batched import held, placed
 from .transforms import Source, convert_stats
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -105,9 +105,7 @@ class FakeSource:
         """Every image as one uint8 tensor (generated once) when they take at most MAX_IN_MEMORY bytes."""
         if len(self.labels) * math.prod(self.shape) > self.MAX_IN_MEMORY:
             return None
-        if "cpu" not in self.copies:
-            self.copies["cpu"] = torch.stack([self.image(i) for i in range(len(self.labels))])
-        return placed(self.copies["cpu"], device, self.copies)
+        return held(self.copies, device, lambda: torch.stack([self.image(i) for i in range(len(self.labels))]))
 
     def _noise(self, *key: int) -> torch.Tensor:
         seed = np.random.SeedSequence([self.seed, *key]).generate_state(1)[0]

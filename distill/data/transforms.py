@@ -67,7 +67,8 @@ class ImageDataset(Dataset):
 
     @property
     def batchable(self) -> bool:
-        return isinstance(self.transform, Pipeline) and self.source.pixels() is not None
+        pixels = getattr(self.source, "pixels", None)  # a user's own Source may not have it
+        return isinstance(self.transform, Pipeline) and pixels is not None and pixels() is not None
 
     def content_digest(self) -> str | None:
         """sha256 of every image's pixels and label when the images are held in memory, else None:
@@ -75,7 +76,7 @@ class ImageDataset(Dataset):
         pixels = self.source.pixels()
         if pixels is None:
             return None
-        h = hashlib.sha256(pixels[self.indices].numpy())
+        h = hashlib.sha256(pixels[self.indices].contiguous().numpy())  # .npz RGB images are channels-last
         h.update(self.targets.numpy())
         return h.hexdigest()
 

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from ..errors import DistillError
 from ..files import ensure_readable
 from ..losses.labels import IGNORE_LABEL
-from .batched import batchable, gather, placed
+from .batched import batchable, gather, held
 from .sources import FolderSource, Raw, TensorSource
 from .transforms import Source
 
@@ -95,13 +95,12 @@ class JoinedSource:
         self.copies: dict[str, torch.Tensor] = {}
 
     def pixels(self, device: torch.device | None = None) -> torch.Tensor | None:
-        """Both sources' images as one uint8 tensor (joined once), when both are held in memory."""
-        if "cpu" not in self.copies:
+        """Both sources' images as one uint8 tensor, when both are held in memory: joined once, a
+        second host copy of the labelled images (small beside what training costs)."""
+        def joined() -> torch.Tensor | None:
             first, second = self.first.pixels(), self.second.pixels()
-            if first is None or second is None:
-                return None
-            self.copies["cpu"] = torch.cat([first, second])
-        return placed(self.copies["cpu"], device, self.copies)
+            return None if first is None or second is None else torch.cat([first, second])
+        return held(self.copies, device, joined)
 
     def image(self, i: int) -> torch.Tensor:
         return self.first.image(i) if i < self.offset else self.second.image(i - self.offset)
@@ -119,12 +118,10 @@ class Rescaled:
 
     def pixels(self, device: torch.device | None = None) -> torch.Tensor | None:
         """Every image rescaled, as one uint8 tensor (computed once), when the source is in memory."""
-        if "cpu" not in self.copies:
+        def rescaled() -> torch.Tensor | None:
             original = self.source.pixels()
-            if original is None:
-                return None
-            self.copies["cpu"] = self._rescale(original)
-        return placed(self.copies["cpu"], device, self.copies)
+            return None if original is None else self._rescale(original)
+        return held(self.copies, device, rescaled)
 
     def _rescale(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() * (self.max_value / 255)).round().to(torch.uint8)
