@@ -344,3 +344,11 @@ def test_a_pooled_summary_says_when_seeds_are_missing_or_trained_different_stude
     assert "only 2 of 3 seeds have finished" in text and "--resume" in text
     assert "the student differs between seeds (parameters [100, 120])" in text
     assert "student.onnx runs 5.0x, 5.0x as fast as the teacher" in text
+
+
+def test_too_few_images_of_a_kept_class_are_named_by_the_class_not_its_new_label():
+    """With classes=[other, smallest], label 1 is the smallest digit: the error names that digit."""
+    counts = np.bincount(load_data("digits", augment=False).train.targets.numpy())
+    smallest, other = int(counts.argmin()), int(counts.argmax())
+    with pytest.raises(DistillError, match=f"class '{smallest}' has only {counts[smallest]} training"):
+        load_data("digits", augment=False, classes=[other, smallest], labelled_per_class=int(counts[smallest]) + 1)

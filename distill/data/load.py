@@ -112,7 +112,7 @@ def load_data(name: str, *, root: str | Path | None = None, path: str | Path | N
                            f"{num_classes}; expected them to match")
     train, val, test = _select(raw, classes, train_limit, test_limit, per_class, val_fraction, seed)
     train, transfer_source, transfer = _unlabelled(raw, train, labelled_per_class, unlabelled, seed,
-                                                   check_shape=name != "imagefolder")
+                                                   check_shape=name != "imagefolder", names=class_names)
 
     if name == "imagefolder":
         size = image_size or 224
@@ -174,14 +174,14 @@ def _select(raw: sources.Raw, classes: list[int] | None, train_limit: int | None
 
 
 def _unlabelled(raw: sources.Raw, train: Part, labelled_per_class: int | None, unlabelled: str | Path | None,
-                seed: int, check_shape: bool) -> tuple[Part, Source, Part | None]:
+                seed: int, check_shape: bool, names: list[str]) -> tuple[Part, Source, Part | None]:
     """(labelled train, the transfer set's source, the transfer set) where some images have no
     label; (train, raw.train, None) when every training image keeps its label."""
     if labelled_per_class is None and unlabelled is None:
         return train, raw.train, None
     positions, labels = train[0], train[1].copy()
     if labelled_per_class is not None:
-        keep = labelled_positions(labels, labelled_per_class, seed)
+        keep = labelled_positions(labels, labelled_per_class, seed, names)
         labels[np.setdiff1d(np.arange(len(labels)), keep)] = IGNORE_LABEL
         train = (positions[keep], train[1][keep])
     source = raw.train

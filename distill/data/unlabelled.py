@@ -28,17 +28,19 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 EXPECTED = "an image folder (any nesting) or an .npz holding uint8 images as 'x' or 'x_train'"
 
 
-def labelled_positions(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+def labelled_positions(labels: np.ndarray, n: int, seed: int, names: list[str] | None = None) -> np.ndarray:
     """Sorted positions of `n` images of each class, a random stratified choice made from `seed`.
 
     Every class must have at least `n` images: a class with fewer would be silently
-    under-represented among the labels, so that is a DistillError naming the smallest class."""
+    under-represented among the labels, so that is a DistillError naming the smallest class (by its
+    name in `names` when given: after `classes`, label k is the k-th kept class, not class k)."""
     classes, counts = np.unique(labels, return_counts=True)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise DistillError(f"labelled_per_class={n!r}; expected a positive integer")
     if n > counts.min():
         smallest = int(classes[counts.argmin()])
-        raise DistillError(f"labelled_per_class={n} but class {smallest} has only {counts.min()} training "
+        name = repr(names[smallest]) if names else smallest
+        raise DistillError(f"labelled_per_class={n} but class {name} has only {counts.min()} training "
                            f"images; expected at most {counts.min()} (the smallest class)")
     order = np.random.default_rng([seed, 2]).permutation(len(labels))
     ordered = labels[order]
