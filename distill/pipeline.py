@@ -42,20 +42,27 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, resume: bool = 
     run = RunDir(out or recipe.out or Path("runs") / recipe.name)
     if recipe.seeds > 1:
         return _run_seeds(recipe, run, dev, resume, data_root, progress)
+    return _run_once(recipe, run, dev, resume, data_root, progress)
+
+
+def _run_once(recipe: Recipe, run: RunDir, device: torch.device, resume: bool, data_root: str | None,
+              progress: bool, student_choice: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One run into `run`, holding its lock; `student_choice`: a latency budget's choice already made."""
     with contextlib.ExitStack() as held:
         if distributed.is_main():
             held.enter_context(run.lock())
             refuse_overwrite([("run file", p) for p in run.files()], _input_files(recipe))
             run.prepare(to_toml(recipe), resume)
         distributed.barrier()
-        return _run_phases(recipe, run, dev, data_root, progress and distributed.is_main())
+        return _run_phases(recipe, run, device, data_root, progress and distributed.is_main(), student_choice)
 
 
 def _run_seeds(recipe: Recipe, run: RunDir, device: torch.device, resume: bool, data_root: str | None,
                progress: bool) -> dict[str, Any]:
     """Every phase once per seed (seed, seed + 1, ...) into RUN/seed-N/, then the results pooled
     into RUN/metrics.json. The top level records its recipe once the first seed has finished, so a
-    recipe that fails its preflight can be fixed and run again into the same --out."""
+    recipe that fails its preflight can be fixed and run again into the same --out. A latency budget
+    chooses the student once, in the first seed: every seed then trains the same model."""
     seed_runs = [RunDir(run.seed_dir(seed)) for seed in range(recipe.seed, recipe.seed + recipe.seeds)]
     with contextlib.ExitStack() as held:
         if distributed.is_main():
@@ -65,14 +72,15 @@ def _run_seeds(recipe: Recipe, run: RunDir, device: torch.device, resume: bool, 
             run.prepare(to_toml(recipe), resume and run.recipe.exists())
             if resume and not started:
                 run.prepare(to_toml(recipe), resume)  # says there is nothing to resume
-        per_seed = {}
+        per_seed: dict[int, dict[str, Any]] = {}
         for k, seed_run in enumerate(seed_runs):
             seed = recipe.seed + k
             if progress:
                 print(f"seed {seed} ({k + 1} of {recipe.seeds}) -> {seed_run.path}")
             one = dataclasses.replace(recipe, seed=seed, seeds=1, out=None)
-            per_seed[seed] = run_recipe(one, out=seed_run.path, resume=resume and seed_run.recipe.exists(),
-                                        device=str(device), data_root=data_root, progress=progress)
+            first_choice = per_seed[recipe.seed].get("student_choice") if per_seed else None
+            per_seed[seed] = _run_once(one, seed_run, device, resume and seed_run.recipe.exists(), data_root,
+                                       progress, first_choice)
             if distributed.is_main():
                 if not run.recipe.exists():
                     run.begin(to_toml(recipe))
@@ -92,8 +100,10 @@ def _input_files(recipe: Recipe) -> list[str]:
 
 
 def _run_phases(recipe: Recipe, run: RunDir, device: torch.device, data_root: str | None,
-                progress: bool) -> dict[str, Any]:
+                progress: bool, student_choice: dict[str, Any] | None = None) -> dict[str, Any]:
     ctx = RunContext(recipe, run, data_for_recipe(recipe, data_root), device, progress)
+    if student_choice and "student_choice" not in ctx.metrics:  # this run's own choice stands on --resume
+        ctx.metrics["student_choice"] = student_choice
     choose_phase(ctx)  # a latency budget picks the student (ctx.recipe); `recipe` stays the one recorded
     preflight(ctx)
     if distributed.is_main():

@@ -1,6 +1,8 @@
 """Latency budgets: the choice rule, the no-fit error, the int8 guard, budget verdicts, families."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -267,3 +269,18 @@ def test_a_recipe_budget_no_candidate_meets_exits_2_naming_the_fastest(tmp_path,
     assert code == 2 and out.strip().splitlines()[-1].startswith("error: no candidate fits the latency budget "
                                                                  "of 1e-06 ms: the fastest, mlp(hidden=[4]), takes")
     assert not (tmp_path / "run" / "recipe.toml").exists()  # nothing trained, the same --out can be used again
+
+
+def test_with_seeds_the_budget_chooses_once_and_every_seed_trains_that_student(tmp_path, monkeypatch):
+    from distill.phases import choose as choose_phase
+    from distill.pipeline import run_recipe
+    from distill.recipe import recipe_from_dict
+    timings, measure = [], choose_phase.measure_candidates
+    monkeypatch.setattr(choose_phase, "measure_candidates", lambda *a, **k: timings.append(1) or measure(*a, **k))
+    recipe = recipe_from_dict({**BUDGET_RECIPE, "seeds": 2, "export": {"enabled": False},
+                               "student": {**BUDGET_RECIPE["student"], "epochs": 1}})
+    run_recipe(recipe, out=tmp_path / "run", progress=False)
+    seeds = [json.loads((tmp_path / "run" / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    assert len(timings) == 1, "timed once, in the first seed"
+    assert seeds[0]["student_choice"] == seeds[1]["student_choice"]
+    assert seeds[0]["student"]["macs"] == seeds[1]["student"]["macs"]
