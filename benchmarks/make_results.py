@@ -381,7 +381,8 @@ def ensemble_section(meta: dict, rows: dict[str, dict]) -> list[str]:
     n = rows[f"ensemble_seed{seeds[0]}"]["metrics"]["data"]["test"]
     members = rows[f"ensemble_seed{seeds[0]}"]["metrics"]["teacher"]["members"]
     lines = ["## Teacher ensembles (MNIST, plain images)", "",
-             f"_{meta['machine']}; started {meta['date']}; `{meta['command']}`_", "",
+             f"_{meta['machine']}; started {meta['date']}; `{meta['command']}`; protocol: "
+             f"{meta.get('protocol', 'bf16')} (see the script's docstring)_", "",
              "KD (0.1 CE + T=20, the mnist_hinton student schedule) from the average of "
              f"{len(members)} teachers' probabilities at T=20 vs from the best of them alone (chosen on the "
              "test set, which favours it). Teachers: " + ", ".join(
