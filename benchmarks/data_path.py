@@ -45,6 +45,7 @@ from common import DEFAULT_DATA, machine, now  # noqa: E402
 from distill import Distiller, Schedule, Term, fit  # noqa: E402
 from distill.cache import CachedTeacherDataset, TeacherCache  # noqa: E402
 from distill.data import load_data  # noqa: E402
+from distill.data.transforms import RandomFlip  # noqa: E402
 from distill.losses import KDLoss  # noqa: E402
 from distill.models import build_model  # noqa: E402
 from distill.settings import Speed  # noqa: E402
@@ -71,7 +72,7 @@ def load(spec: dict, images: int):
     bundle = load_data("fake", channels=shape[0], image_size=shape[1], jitter=pad, train_limit=images,
                        test_limit=100)
     if not flip:  # fake data flips by default; MNIST does not
-        bundle.train.transform.steps = [s for s in bundle.train.transform.steps if type(s).__name__ != "RandomFlip"]
+        bundle.train.transform.steps = [s for s in bundle.train.transform.steps if not isinstance(s, RandomFlip)]
     return bundle, "fake"
 
 
