@@ -115,7 +115,7 @@ def fp32_section(meta: dict, rows: dict[str, dict], bf16_teacher: dict | None) -
         return [title, "", "_not recorded yet: run `python benchmarks/mnist_hinton_fp32/run.py`_", ""]
     teacher = rows["teacher"]["metrics"]
     n = teacher["data"]["test"]
-    same = f" (the bf16 teacher above: {errors(bf16_teacher['metrics']['teacher'], n)})" if bf16_teacher else ""
+    same = f", the bf16 teacher above {errors(bf16_teacher['metrics']['teacher'], n)}" if bf16_teacher else ""
     lines = [title, "",
              f"- command: `{meta['command']}` then `python benchmarks/make_results.py`",
              f"- machine: {meta['machine']}; date: {meta['date']}; wall time: "
