@@ -10,7 +10,7 @@ from torch import nn
 from distill import Distiller, Schedule, Term, fit
 from distill.distiller import SAMPLE_INDEX, IndexedDataset
 from distill.errors import DistillError
-from distill.losses import LOSSES, CRDLoss, build_loss
+from distill.losses import LOSSES, CRDLoss, build_loss, crd
 from distill.models import build_model
 
 SHAPE = (1, 8, 8)
@@ -59,7 +59,14 @@ def bound_crd(n_data=20, feature_dim=6, negatives=5, s_dim=7, t_dim=9, **kw) -> 
     return loss.double()
 
 
-def test_crd_matches_repdistillers_loss_memory_update_and_normalisers():
+@pytest.fixture(params=["gathered rows", "whole-bank matmul"])
+def scoring(request, monkeypatch):
+    """CRDLoss scores against the bank by gathering rows or by one matmul, by size: run both."""
+    monkeypatch.setattr(crd, "DENSE_SHARE", 0 if request.param == "gathered rows" else 10**9)
+    return request.param
+
+
+def test_crd_matches_repdistillers_loss_memory_update_and_normalisers(scoring):
     loss = bound_crd(temperature=0.1, momentum=0.5)
     g = torch.Generator().manual_seed(1)
     f_s, f_t = torch.randn(4, 7, generator=g, dtype=torch.float64), torch.randn(4, 9, generator=g, dtype=torch.float64)
@@ -81,6 +88,24 @@ def test_crd_nce_term_matches_a_hand_computation_of_the_papers_equation():
     h = torch.tensor([[2.0, 0.5]], dtype=torch.float64)
     expected = -(math.log(2.0 / (2.0 + 0.25 + 1e-7)) + math.log(0.25 / (0.5 + 0.25 + 1e-7)))
     assert loss._nce(h).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_both_scoring_routes_give_the_same_loss_and_gradients(monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    f_s, f_t = torch.randn(8, 7, generator=g, dtype=torch.float64), torch.randn(8, 9, generator=g, dtype=torch.float64)
+    idx = torch.arange(8) * 7
+    contrast = torch.randint(0, 64, (8, 12), generator=g)
+    contrast[:, 0] = idx
+    results = []
+    for share in (0, 10**9):
+        monkeypatch.setattr(crd, "DENSE_SHARE", share)
+        loss = bound_crd(n_data=64)
+        student = f_s.clone().requires_grad_()
+        value = loss(student, f_t, idx, contrast)
+        value.backward()
+        results.append((value.detach(), student.grad, loss.embed_s.weight.grad, loss.memory_s.clone()))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
 def test_crd_draws_negatives_itself_and_only_the_student_side_and_heads_get_gradients():

@@ -12,6 +12,10 @@ from ..errors import DistillError
 from .response import check_option
 
 NCE_EPS = 1e-7  # as in RepDistiller's ContrastLoss
+# Scoring against the whole bank (one matmul) beats gathering B x (K + 1) bank rows once K + 1 is more
+# than about 1/64 of the bank: the gather moves that many rows through memory, the matmul is dense
+# compute (tests/test_losses_crd.py checks that both routes agree).
+DENSE_SHARE = 64
 
 
 def _count(name: str, value: object) -> int:
@@ -89,8 +93,12 @@ class CRDLoss(nn.Module):
 
     def _scores(self, anchor: Tensor, memory: Tensor, contrast: Tensor, which: int) -> Tensor:
         """h [B, K + 1] of `anchor` against the bank rows `contrast`; fixes Z on the first call."""
-        rows = memory.index_select(0, contrast.reshape(-1)).view(*contrast.shape, -1)
-        h = torch.exp(torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2) / self.temperature)
+        if contrast.shape[1] * DENSE_SHARE >= memory.shape[0]:
+            dots = (anchor @ memory.clone().T).gather(1, contrast)  # a copy: backward needs the bank pre-update
+        else:
+            rows = memory.index_select(0, contrast.reshape(-1)).view(*contrast.shape, -1)
+            dots = torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2)
+        h = torch.exp(dots / self.temperature)
         if self.normalisers[which] < 0:
             self.normalisers[which] = h.detach().mean() * self.num_samples
         return h / self.normalisers[which].clone()  # a copy: the buffer changes in place later
