@@ -202,7 +202,8 @@ class Distiller(nn.Module):
         losses: dict[str, Tensor] = {}
         with torch.autocast(images.device.type, enabled=False):
             if self.ce_weight:  # unlabelled samples (label -1) are skipped one by one
-                losses["ce"] = self.ce_weight * labelled_cross_entropy(_full_precision(logits), targets)
+                losses["ce"] = self.ce_weight * labelled_cross_entropy(_full_precision(logits), targets,
+                                                                       across_ranks=self.training)
             for term in self.terms:
                 s = _full_precision(compared[term.name])
                 t = self._teacher_side(term, t_out).to(s.dtype)

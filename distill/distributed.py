@@ -62,9 +62,9 @@ def launch_rank() -> int:
 
 
 def all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
-    """`tensor`, reduced in place over all ranks with op "min" or "max"; as is in one process."""
+    """`tensor`, reduced in place over all ranks with op "min", "max" or "sum"; as is in one process."""
     if active():
-        dist.all_reduce(tensor, op={"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
+        dist.all_reduce(tensor, op={"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}[op])
     return tensor
 
 

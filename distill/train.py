@@ -42,7 +42,7 @@ class Supervised(nn.Module):
 
     def forward(self, images: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self.student(images)
-        return logits, {"ce": labelled_cross_entropy(logits, targets)}
+        return logits, {"ce": labelled_cross_entropy(logits, targets, across_ranks=self.training)}
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,

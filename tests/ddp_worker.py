@@ -13,13 +13,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, TensorDataset
 
 from distill import Distiller, Schedule, Term, distributed, fit
 from distill.data import load_data
 from distill.data.batched import gather
 from distill.losses import HintLoss, KDLoss
+from distill.losses.labels import IGNORE_LABEL
 from distill.models import build_model
+from distill.train import Supervised
 
 SHAPE = (1, 8, 8)
 SECONDS = 120  # then the process ends itself: a rank left waiting in a collective must not live on
@@ -82,6 +85,30 @@ def distiller(scenario: str, rank: int) -> Distiller:
     return d
 
 
+def few_label_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """16 images, 4 of them labelled: 1 in the first half (rank 0's batch), 3 in the second (rank 1's)."""
+    g = torch.Generator().manual_seed(3)
+    targets = torch.full((16,), IGNORE_LABEL)
+    targets[[2, 9, 12, 15]] = torch.tensor([0, 3, 1, 2])
+    return torch.randn(16, *SHAPE, generator=g), targets
+
+
+def few_label_model() -> Supervised:
+    """Without BatchNorm, whose batch statistics would differ between half and whole batches."""
+    torch.manual_seed(0)
+    return Supervised(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4)))
+
+
+def few_labels_gradient(rank: int) -> dict[str, torch.Tensor]:
+    """One DDP step of the labels' cross-entropy on this rank's half of few_label_batch: the gradient."""
+    model = few_label_model()
+    images, targets = (part[8 * rank: 8 * rank + 8] for part in few_label_batch())
+    ddp = DistributedDataParallel(model)  # held until after backward: its reducer averages the gradients
+    _, losses = ddp(images, targets)
+    losses["ce"].backward()
+    return {name: p.grad for name, p in model.student.named_parameters()}
+
+
 def main() -> None:
     signal.alarm(SECONDS)
     out, scenarios = Path(sys.argv[1]), sys.argv[2:]
@@ -90,6 +117,9 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(32, *SHAPE, generator=g), torch.randint(0, 4, (32,), generator=g))
     for scenario in scenarios:  # 2 steps per epoch and rank (in_memory_shard: 3, 45 digits of 4 classes)
+        if scenario == "few_labels_gradient":
+            torch.save({"grads": few_labels_gradient(rank)}, out / f"{scenario}-rank{rank}.pt")
+            continue
         d = distiller(scenario, rank)
         initial = {k: v.clone() for k, v in d.student.state_dict().items()}
         train = data

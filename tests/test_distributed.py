@@ -19,9 +19,11 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 from helpers import cli, tiny_recipe
 
+from ddp_worker import few_label_batch, few_label_model
 from distill.models import safe_load
 
-SCENARIOS = ("kd_hint", "fitnets_stage1", "nan_on_rank1_stopped", "nan_on_rank1_skipped", "in_memory_shard")
+SCENARIOS = ("kd_hint", "fitnets_stage1", "nan_on_rank1_stopped", "nan_on_rank1_skipped", "in_memory_shard",
+             "few_labels_gradient")
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,18 @@ def test_each_rank_slices_distributed_samplers_shard_of_an_in_memory_dataset(ddp
             assert outcome["asked"][epoch] == list(sampler), (epoch, rank)
         assert set(ranks[0]["asked"][epoch]) | set(ranks[1]["asked"][epoch]) == set(range(45))
     assert_same_on_both_ranks(ranks, "student")
+
+
+def test_few_labels_under_ddp_weigh_every_label_as_one_process_does(ddp_run):
+    """Rank 0 holds 1 label and rank 1 holds 3: the DDP gradient of the labels' cross-entropy is the
+    gradient of the mean over all 4, as in one process on the whole batch (not 1/2 for the lone label)."""
+    model = few_label_model()
+    _, losses = model(*few_label_batch())
+    losses["ce"].backward()
+    for rank in (0, 1):
+        grads = result(ddp_run, "few_labels_gradient", rank)["grads"]
+        for name, p in model.student.named_parameters():
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=f"{name}, rank {rank}")
 
 
 def test_a_nan_on_one_rank_stops_every_rank_and_keeps_the_last_good_epoch(ddp_run):

@@ -12,14 +12,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import distributed
+
 IGNORE_LABEL = -1  # the label of an unlabelled image (distill.data marks them with it)
 
 
-def labelled_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy over the samples whose target is a class (>= 0); 0 when there are none."""
+def labelled_cross_entropy(logits: Tensor, targets: Tensor, across_ranks: bool = False) -> Tensor:
+    """Mean cross-entropy over the samples whose target is a class (>= 0); 0 when there are none.
+
+    `across_ranks` (under DDP; every rank must then call it once per step): the mean over the labelled
+    samples of every rank's batch, scaled so that DDP's average of the ranks' gradients is the gradient
+    of that mean, as in one process. Without it a rank with 1 label would weigh as much as one with 30."""
     labelled = targets != IGNORE_LABEL
     per_sample = F.cross_entropy(logits, targets.clamp(min=0), reduction="none")
-    return (per_sample * labelled).sum() / labelled.sum().clamp(min=1)
+    count, ranks = labelled.sum(), 1
+    if across_ranks and distributed.active():
+        count, ranks = distributed.all_reduce(count.clone(), "sum"), distributed.world_size()
+    return (per_sample * labelled).sum() * ranks / count.clamp(min=1)
 
 
 def with_teacher_labels(targets: Tensor, teacher_logits: Tensor) -> Tensor:
