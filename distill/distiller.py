@@ -77,7 +77,12 @@ class Distiller(nn.Module):
         terms: the distillation losses.
         input_shape: (C, H, W) of one input, used to probe feature shapes once.
         ce_weight: weight of the cross-entropy with the true labels (0 drops the term).
+
+    `labels_across_ranks`: set by `fit` under DDP (or by your own DDP loop, where every rank runs every
+    step): the labels' cross-entropy then averages over every rank's labelled samples, one all-reduce.
     """
+
+    labels_across_ranks = False
 
     def __init__(self, teacher: nn.Module, student: nn.Module, terms: Sequence[Term],
                  input_shape: Sequence[int], ce_weight: float = 1.0) -> None:
@@ -203,7 +208,7 @@ class Distiller(nn.Module):
         with torch.autocast(images.device.type, enabled=False):
             if self.ce_weight:  # unlabelled samples (label -1) are skipped one by one
                 losses["ce"] = self.ce_weight * labelled_cross_entropy(_full_precision(logits), targets,
-                                                                       across_ranks=self.training)
+                                                                       self.training and self.labels_across_ranks)
             for term in self.terms:
                 s = _full_precision(compared[term.name])
                 t = self._teacher_side(term, t_out).to(s.dtype)

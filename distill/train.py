@@ -33,6 +33,8 @@ class Supervised(nn.Module):
     """Wraps a classifier so it trains like a Distiller without a teacher: loss = cross-entropy
     (over the labelled samples: a label of -1 marks an unlabelled image, which is skipped)."""
 
+    labels_across_ranks = False  # set by fit under DDP: the labelled count is all-reduced each step
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.student = model
@@ -42,7 +44,7 @@ class Supervised(nn.Module):
 
     def forward(self, images: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self.student(images)
-        return logits, {"ce": labelled_cross_entropy(logits, targets, across_ranks=self.training)}
+        return logits, {"ce": labelled_cross_entropy(logits, targets, self.training and self.labels_across_ranks)}
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
@@ -275,6 +277,8 @@ def _step_module(module: nn.Module, data: Dataset, schedule: Schedule, device: t
     step_module = module
     if distributed.active():
         from torch.nn.parallel import DistributedDataParallel
+        if hasattr(module, "labels_across_ranks"):  # every rank runs every step, so a collective may
+            module.labels_across_ranks = True       # weigh the labels of all ranks' batches alike
         # DDP waits for a gradient of every parameter unless told some get none (a FitNets stage-1
         # student's head, with no cross-entropy); telling it always costs a graph traversal per step.
         unused = _some_parameter_gets_no_gradient(module, data, schedule, device, speed)
@@ -425,11 +429,19 @@ def _train_epoch(module: nn.Module, data: Dataset, schedule: Schedule, optimizer
     watch.check(desc, epoch)  # before the caller evaluates or saves this epoch's weights
     record: dict[str, Any] = {"phase": desc, "epoch": epoch + 1,
                               "lr": schedule.lr * schedule.lr_factor(epoch + 1 - 1e-9)}
-    record.update({k: float(v) / max(seen, 1) for k, v in sums.items()})
-    record["train_accuracy"] = float(correct) / max(int(labelled), 1)  # on the labelled samples
+    seen, correct, labelled, *totals = _summed_over_ranks([seen, correct, labelled, *sums.values()], device)
+    record.update({k: total / max(seen, 1) for k, total in zip(sums, totals)})
+    record["train_accuracy"] = correct / max(labelled, 1)  # on the labelled samples
     record["skipped_steps"] = skipped
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
+
+
+def _summed_over_ranks(values: list[Tensor | int], device: torch.device) -> list[float]:
+    """Each value summed over every rank, in one all-reduce (as is in one process): under DDP an
+    epoch's record then covers every rank's shard, not rank 0's alone."""
+    packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
+    return distributed.all_reduce(packed, "sum").tolist()
 
 
 def _format_record(desc: str, r: dict[str, Any], epochs: int) -> str:

@@ -102,6 +102,7 @@ def few_label_model() -> Supervised:
 def few_labels_gradient(rank: int) -> dict[str, torch.Tensor]:
     """One DDP step of the labels' cross-entropy on this rank's half of few_label_batch: the gradient."""
     model = few_label_model()
+    model.labels_across_ranks = True  # as fit sets it, and a user's own DDP loop must
     images, targets = (part[8 * rank: 8 * rank + 8] for part in few_label_batch())
     ddp = DistributedDataParallel(model)  # held until after backward: its reducer averages the gradients
     _, losses = ddp(images, targets)
@@ -133,7 +134,8 @@ def main() -> None:
             (out / f"{scenario}-rank{rank}.error").write_text(f"{type(e).__name__}: {e}")
             continue
         torch.save({"student": d.student.state_dict(), "initial": initial, "connectors": d.connectors.state_dict(),
-                    "world": dist.get_world_size(), "history": history, "asked": getattr(train, "asked", {})},
+                    "world": dist.get_world_size(), "history": history, "asked": getattr(train, "asked", {}),
+                    "labels_across_ranks": d.labels_across_ranks},
                    out / f"{scenario}-rank{rank}.pt")
 
 

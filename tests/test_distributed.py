@@ -62,6 +62,10 @@ def test_two_gloo_processes_end_with_identical_students_and_only_rank0_writes(dd
     assert not torch.equal(ranks[0]["initial"]["stage1.0.weight"], ranks[1]["initial"]["stage1.0.weight"])
     assert_same_on_both_ranks(ranks, "student")
     assert_same_on_both_ranks(ranks, "connectors")
+    assert ranks[0]["labels_across_ranks"] and ranks[1]["labels_across_ranks"]  # fit counts labels over ranks
+    for epoch in (0, 1):  # the training figures of an epoch cover both ranks' shards
+        for key in ("loss", "ce", "kd", "hint", "train_accuracy"):
+            assert ranks[0]["history"][epoch][key] == ranks[1]["history"][epoch][key], (epoch, key)
     out, _ = ddp_run
     assert (out / "kd_hint-resume-rank0.pt").exists()
     assert not (out / "kd_hint-resume-rank1.pt").exists(), "only rank 0 writes training state"

@@ -62,7 +62,7 @@ def bound_crd(n_data=20, feature_dim=6, negatives=5, s_dim=7, t_dim=9, **kw) -> 
 @pytest.fixture(params=["gathered rows", "whole-bank matmul"])
 def scoring(request, monkeypatch):
     """CRDLoss scores against the bank by gathering rows or by one matmul, by size: run both."""
-    monkeypatch.setattr(crd, "DENSE_SHARE", 0 if request.param == "gathered rows" else 10**9)
+    monkeypatch.setattr(crd, "whole_bank_is_cheaper", lambda *_: request.param == "whole-bank matmul")
     return request.param
 
 
@@ -90,22 +90,28 @@ def test_crd_nce_term_matches_a_hand_computation_of_the_papers_equation():
     assert loss._nce(h).item() == pytest.approx(expected, rel=1e-12)
 
 
-def test_both_scoring_routes_give_the_same_loss_and_gradients(monkeypatch):
+def test_both_scoring_routes_give_the_same_loss_gradients_and_state(monkeypatch):
     g = torch.Generator().manual_seed(2)
     f_s, f_t = torch.randn(8, 7, generator=g, dtype=torch.float64), torch.randn(8, 9, generator=g, dtype=torch.float64)
     idx = torch.arange(8) * 7
     contrast = torch.randint(0, 64, (8, 12), generator=g)
     contrast[:, 0] = idx
     results = []
-    for share in (0, 10**9):
-        monkeypatch.setattr(crd, "DENSE_SHARE", share)
+    for whole_bank in (False, True):
+        monkeypatch.setattr(crd, "whole_bank_is_cheaper", lambda *_: whole_bank)
         loss = bound_crd(n_data=64)
         student = f_s.clone().requires_grad_()
         value = loss(student, f_t, idx, contrast)
         value.backward()
-        results.append((value.detach(), student.grad, loss.embed_s.weight.grad, loss.memory_s.clone()))
-    for ours, theirs in zip(*results):
+        results.append([value.detach(), student.grad, *(p.grad for p in loss.parameters()), *loss.buffers()])
+    for ours, theirs in zip(*results, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_the_whole_bank_matmul_is_chosen_for_many_negatives_and_large_batches_only():
+    assert crd.whole_bank_is_cheaper(256, 4097, 60000, 128)  # the MNIST row: B x (K + 1) = 17 x the bank
+    assert not crd.whole_bank_is_cheaper(8, 4097, 60000, 128)  # few anchors: the bank's copy dominates
+    assert not crd.whole_bank_is_cheaper(256, 257, 60000, 128)  # few negatives: the gather is small
 
 
 def test_crd_draws_negatives_itself_and_only_the_student_side_and_heads_get_gradients():

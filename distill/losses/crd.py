@@ -12,10 +12,13 @@ from ..errors import DistillError
 from .response import check_option
 
 NCE_EPS = 1e-7  # as in RepDistiller's ContrastLoss
-# Scoring against the whole bank (one matmul) beats gathering B x (K + 1) bank rows once K + 1 is more
-# than about 1/64 of the bank: the gather moves that many rows through memory, the matmul is dense
-# compute (tests/test_losses_crd.py checks that both routes agree).
-DENSE_SHARE = 64
+
+
+def whole_bank_is_cheaper(batch: int, contrast: int, bank: int, dim: int) -> bool:
+    """Whether to score the B anchors against all N bank rows with one matmul, which moves the B x N
+    scores and a copy of the N x d bank through memory, rather than gather B x (K + 1) rows of d, which
+    moves those. Both routes give the same numbers (tests/test_losses_crd.py)."""
+    return batch * contrast * dim >= bank * (batch + dim)
 
 
 def _count(name: str, value: object) -> int:
@@ -93,7 +96,7 @@ class CRDLoss(nn.Module):
 
     def _scores(self, anchor: Tensor, memory: Tensor, contrast: Tensor, which: int) -> Tensor:
         """h [B, K + 1] of `anchor` against the bank rows `contrast`; fixes Z on the first call."""
-        if contrast.shape[1] * DENSE_SHARE >= memory.shape[0]:
+        if whole_bank_is_cheaper(*contrast.shape, *memory.shape):
             dots = (anchor @ memory.clone().T).gather(1, contrast)  # a copy: backward needs the bank pre-update
         else:
             rows = memory.index_select(0, contrast.reshape(-1)).view(*contrast.shape, -1)
