@@ -223,6 +223,8 @@ NONSENSE = [
     ("bench --max-samples 0", "bench --teacher {F}/t.pt --student {F}/s.pt -o {O} --max-samples 0", "--max-samples"),
     ("bench --atol nan", "bench --teacher {F}/t.pt --student {F}/s.pt -o {O} --atol nan", "--atol"),
     ("prune --batch 0", "prune {F}/s.pt -o {O}/p.pt --batch 0", "--batch"),
+    ("prune --batch 10**9", "prune {F}/s.pt -o {O}/p.pt --importance taylor --batch 1000000000",
+     r"--batch.*1000000000 is not in the range 1<=x<=4096"),  # one batch of random images: 256 GB
     ("prune --steps 0", "prune {F}/s.pt -o {O}/p.pt --steps 0", "steps"),
     ("prune --round-to -8", "prune {F}/s.pt -o {O}/p.pt --round-to -8", "round.to"),
     ("prune --macs nan", "prune {F}/s.pt -o {O}/p.pt --macs nan", r"macs: expected the fraction .* got nan"),
