@@ -1,6 +1,9 @@
 """`teacher.ensemble`: trained members loaded as one frozen teacher (never trained here)."""
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 from torch import nn
 
@@ -14,6 +17,7 @@ from .context import RunContext
 def load_ensemble(ctx: RunContext) -> Ensemble:
     """The recipe's ensemble on the run's device; each member checked against the data."""
     spec = ctx.recipe.teacher
+    _check_distinct(spec.ensemble)
     members = [_member(ctx, f"teacher.ensemble.{i}", path) for i, path in enumerate(spec.ensemble)]
     return Ensemble(members, average=spec.ensemble_average).to(ctx.device)
 
@@ -25,6 +29,17 @@ def ensemble_teacher(ctx: RunContext) -> Ensemble:
                for path, member in zip(ctx.recipe.teacher.ensemble, ensemble.members)]
     ctx.score("teacher", ensemble, [], {"source": "ensemble", "average": ensemble.average, "members": members})
     return ensemble
+
+
+def _check_distinct(paths: list[str]) -> None:
+    """One file listed twice (by any path, link or copy of the name) would be averaged with itself."""
+    for i, path in enumerate(paths):
+        for j in range(i):
+            with contextlib.suppress(OSError):  # a missing file: _member names it
+                if os.path.samefile(path, paths[j]):
+                    raise DistillError(f"teacher.ensemble.{i}: {path} is the same file as teacher.ensemble.{j} "
+                                       f"({paths[j]}); expected different trained members (a member listed twice "
+                                       "counts twice in the average)")
 
 
 def _member(ctx: RunContext, where: str, path: str) -> nn.Module:
