@@ -4,11 +4,10 @@ from __future__ import annotations
 import contextlib
 import os
 
-import torch
 from torch import nn
 
 from ..errors import DistillError
-from ..models import Ensemble, read_state_dict, safe_load
+from ..models import Ensemble, finite_weights, read_state_dict, safe_load
 from ..models.loading import FORMAT
 from ..train import evaluate
 from .context import RunContext
@@ -69,6 +68,6 @@ def _member(ctx: RunContext, where: str, path: str) -> nn.Module:
             raise DistillError(f"{where}: {path} does not fit teacher.model {ctx.recipe.teacher.model!r} with "
                                f"{ctx.data.num_classes} classes ({detail[:160]}); expected a distill checkpoint "
                                "or the state dict of that model") from None
-    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+    if not finite_weights(model):
         raise DistillError(f"{where}: {path} holds NaN or infinite weights; expected a trained teacher")
     return model.to(ctx.device).eval()
