@@ -33,7 +33,7 @@ from .errors import DistillError
 from .export import (card_from_onnx, export_onnx, graph_shapes, load_onnx, onnx_metadata, onnx_size, run_onnx,
                      verify_onnx)
 from .files import atomic_write, atomic_write_text
-from .models import ModelCard, load_checkpoint
+from .models import ModelCard, finite_weights, load_checkpoint
 from .models.stats import count_macs, count_params
 
 RUN_FILES = ("teacher", "student", "baseline", "pruned")  # checkpoints a run directory may hold
@@ -127,6 +127,9 @@ def load_artifact(source: str | Path | Artifact | tuple[nn.Module, ModelCard], n
     if path.suffix == ".onnx":
         return _onnx_artifact(path, name or path.name.removesuffix(".onnx"))
     model, card = load_checkpoint(path, trust_code)
+    if not finite_weights(model):  # its latency could be timed, but every accuracy figure would be noise
+        raise DistillError(f"checkpoint {path} holds NaN or infinite weights; expected a trained model (this one "
+                           "diverged or is damaged)")
     sibling = path.with_suffix(".onnx")
     onnx = sibling if sibling.is_file() and onnx_metadata(sibling).get("precision", "float32") == "float32" else None
     return Artifact(name or path.stem, card, model=model, onnx=onnx, file=path, params=count_params(model),

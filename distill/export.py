@@ -361,6 +361,10 @@ def verify_onnx(path: str | Path, model: nn.Module, inputs: torch.Tensor, atol: 
     """Max |ORT(path) - model| on `inputs`; raises DistillError when it exceeds `atol` (or is NaN)."""
     with torch.no_grad():
         expected = model.eval()(torch.as_tensor(inputs, dtype=torch.float32)).numpy()
+    if not np.isfinite(expected).all():  # no export can match NaN: raising --atol would not help
+        raise DistillError(f"the PyTorch model's own logits on the {label} batch are NaN or infinite, so its export "
+                           "cannot be verified; expected a model with finite outputs (NaN or infinite weights: "
+                           "it diverged or is damaged)")
     got = run_onnx(load_onnx(path), inputs)
     if got.shape != expected.shape:
         raise DistillError(f"{path} returns shape {got.shape} on the {label} batch; expected "

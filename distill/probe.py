@@ -202,12 +202,14 @@ def probe_layers(model: nn.Module, layers: Sequence[str], train: Dataset, test: 
     layers.sort(key=lambda name: order.get(name, len(order)))  # depth order; logits last
     train_x, train_y = pooled_features(model, layers, train, device=device, batch_size=batch_size)
     test_x, test_y = pooled_features(model, layers, test, device=device, batch_size=batch_size)
+    largest = int(train_y.bincount().max())  # folds deal each class round-robin: more would leave one empty
     if val is not None:
         val_x, val_y = pooled_features(model, layers, val, device=device, batch_size=batch_size)
         source = "the validation split"
-    elif not 2 <= folds <= len(train_y) // 2:
-        raise DistillError(f"cannot cross-validate {len(train_y)} training images in {folds} folds; "
-                           "expected 2 <= folds <= half the training images, or a validation split")
+    elif not 2 <= folds <= min(len(train_y) // 2, largest):
+        raise DistillError(f"cannot cross-validate {len(train_y)} training images in {folds} folds (the largest "
+                           f"class has {largest}); expected 2 <= folds <= half the training images and at most "
+                           "the largest class's count, or a validation split")
     else:
         source = f"{folds}-fold cross-validation on train, seed {seed}"
     num_classes = int(max(train_y.max(), test_y.max(), val_y.max() if val is not None else 0)) + 1

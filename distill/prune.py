@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .errors import DistillError, did_you_mean
-from .models.checkpoint import load_checkpoint, save_checkpoint
+from .models.checkpoint import finite_weights, load_checkpoint, save_checkpoint
 from .models.registry import last_layer
 from .models.stats import si
 from .settings import check_prune
@@ -301,6 +301,9 @@ def prune_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, macs_ra
     `trust_code` as in `load_checkpoint`."""
     check_prune(macs_ratio, importance, steps, round_to)
     model, card = load_checkpoint(path, trust_code)
+    if not finite_weights(model):  # every channel's importance would be NaN: nothing could be ranked
+        raise DistillError(f"checkpoint {path} holds NaN or infinite weights; expected a trained model (this one "
+                           "diverged or is damaged)")
     example = torch.randn(1, *card.input_shape, generator=torch.Generator().manual_seed(0))
     if latency_budget_ms is not None:
         from .latency import onnx_latency

@@ -65,6 +65,8 @@ def files(tmp_path_factory) -> Path:
 
 
 RUN = "run {F}/recipe.toml --out {O} -q --device cpu"
+LONG = "x" * 300  # one name over the 255 bytes file systems allow
+TOO_LONG = r"path .*x\.\.\.x+.* is too long for the file system \(\d+ characters\)"
 # (id, command line: {F} = the files above, {O} = a fresh output directory, problem, what was expected)
 CASES = [
     # recipes: keys, types, values
@@ -147,6 +149,13 @@ CASES = [
      r"Directory '.*a_file' is a file", r"`distill run --help` lists what is expected"),
     ("unknown --device", RUN + " --device tpu",
      r"device", r"expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+    # a path longer than the file system allows, wherever it is first looked at
+    ("a recipe path too long", "run {F}/" + LONG + ".toml", TOO_LONG, r"expected a shorter path"),
+    ("an --out too long", "run {F}/recipe.toml -q --out {F}/" + LONG, TOO_LONG, r"expected a shorter path"),
+    ("a checkpoint path too long", "export {F}/" + LONG + ".pt", TOO_LONG, r"expected a shorter path"),
+    ("a data root too long", RUN + " --set data.name=mnist --data-root {F}/" + LONG, TOO_LONG,
+     r"expected a shorter path"),
+    ("a run directory too long", "report {F}/" + LONG, TOO_LONG, r"expected a shorter path"),
     ("an ONNX file that is not ONNX", "bench --teacher {F}/three_classes.pt --student {F}/not_onnx.onnx -o {O} -q",
      r"not_onnx\.onnx is not an ONNX model", r"expected a file written by distill export"),
 ]

@@ -136,9 +136,9 @@ def test_cifar10_npz_is_read_channels_last_and_augmented_only_for_training(tmp_p
 # --- npz validation -----------------------------------------------------------------------------
 
 def test_npz_loads_grey_or_colour_with_statistics_from_training_images(tmp_path):
-    arrays = write_keras_npz(tmp_path / "d.npz", shape=(6, 5), y_train=(np.arange(40) % 3)[:, None])
+    arrays = write_keras_npz(tmp_path / "d.npz", shape=(6, 5), classes=3, y_train=(np.arange(40) % 3)[:, None])
     b = load_data("npz", path=tmp_path / "d.npz")
-    assert b.input_shape == (1, 6, 5) and b.num_classes == 4 and b.class_names == ["0", "1", "2", "3"]
+    assert b.input_shape == (1, 6, 5) and b.num_classes == 3 and b.class_names == ["0", "1", "2"]
     assert b.mean[0] == pytest.approx(arrays["x_train"].mean() / 255, abs=1e-4)
     assert b.std[0] == pytest.approx(arrays["x_train"].std() / 255, abs=1e-4)
 
@@ -152,6 +152,9 @@ def test_npz_loads_grey_or_colour_with_statistics_from_training_images(tmp_path)
     ({"x_test": np.zeros((20, 16, 16, 3), np.uint8)}, "expected the same shape"),
     ({"y_test": np.full(20, 10 ** 9, np.int64)}, "label 1000000000 found among 40 training images"),
     ({"y_train": np.arange(40, dtype=np.int64) * 7}, "label 273 found among 40 training images"),
+    # classes the model could never learn: counted in the test accuracy, silently always wrong
+    ({"y_test": np.full(20, 5, np.uint8)}, "no training image has label 4, 5 (2 of the 6 classes 0..5); expected"),
+    ({"y_train": np.arange(40, dtype=np.uint8) % 4 * 2}, "no training image has label 1, 3, 5 (3 of the 7 classes"),
 ])
 def test_malformed_npz_is_a_distill_error_saying_what_was_expected(tmp_path, override, expected):
     write_keras_npz(tmp_path / "bad.npz", **override)

@@ -139,6 +139,23 @@ def test_a_member_with_another_class_count_is_one_line(members, tmp_path, capsys
         assert "teacher.ensemble.1:" in out and "7" in out
 
 
+@pytest.mark.parametrize("how", ["the same path", "a symbolic link", "a hard link"])
+def test_a_member_listed_twice_is_one_line_before_any_training(how, members, tmp_path, capsys):
+    """The same file twice would be averaged with itself: a silent reweighting, not an ensemble."""
+    again = {"the same path": members[0], "a symbolic link": tmp_path / "link.pt",
+             "a hard link": tmp_path / "hard.pt"}[how]
+    if how == "a symbolic link":
+        again.symlink_to(members[0])
+    elif how == "a hard link":
+        again.hardlink_to(members[0])
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_text([members[0], members[1], again], tmp_path / "run"))
+    code, out = cli(["run", str(recipe)], capsys)
+    assert code == 2 and len(out.strip().splitlines()) == 1, out
+    assert f"teacher.ensemble.2: {again} is the same file as teacher.ensemble.0" in out and "expected" in out
+    assert not (tmp_path / "run" / "teacher.pt").exists() and not (tmp_path / "run" / "recipe.toml").exists()
+
+
 def _plain_state_dict_with_classes(folder, classes):
     path = folder / "plain7.pt"
     torch.save(build_model("small_cnn", classes, (1, 8, 8), width=8).state_dict(), path)

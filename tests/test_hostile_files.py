@@ -73,6 +73,10 @@ def files(tmp_path_factory) -> Path:
     save_checkpoint(f / "s.pt", model, card)
     teacher = ModelCard("small_cnn", 10, (1, 8, 8), kwargs={"width": 8}, **DIGITS)
     save_checkpoint(f / "t.pt", teacher.build(), teacher)
+    diverged = card.build()
+    with torch.no_grad():
+        diverged.stage1[0].weight[0, 0, 0, 0] = float("nan")  # one weight: what a diverged run leaves
+    save_checkpoint(f / "nan.pt", diverged, card)
     five = ModelCard("small_cnn", 5, (1, 8, 8), kwargs={"width": 4}, **DIGITS)
     save_checkpoint(f / "five.pt", five.build(), five)
     os.symlink("s.pt", f / "link.onnx")
@@ -223,6 +227,8 @@ NONSENSE = [
     ("bench --max-samples 0", "bench --teacher {F}/t.pt --student {F}/s.pt -o {O} --max-samples 0", "--max-samples"),
     ("bench --atol nan", "bench --teacher {F}/t.pt --student {F}/s.pt -o {O} --atol nan", "--atol"),
     ("prune --batch 0", "prune {F}/s.pt -o {O}/p.pt --batch 0", "--batch"),
+    ("prune --batch 10**9", "prune {F}/s.pt -o {O}/p.pt --importance taylor --batch 1000000000",
+     r"--batch.*1000000000 is not in the range 1<=x<=4096"),  # one batch of random images: 256 GB
     ("prune --steps 0", "prune {F}/s.pt -o {O}/p.pt --steps 0", "steps"),
     ("prune --round-to -8", "prune {F}/s.pt -o {O}/p.pt --round-to -8", "round.to"),
     ("prune --macs nan", "prune {F}/s.pt -o {O}/p.pt --macs nan", r"macs: expected the fraction .* got nan"),
@@ -277,6 +283,23 @@ ELSEWHERE = [
 def test_a_model_or_image_from_elsewhere_that_cannot_work_is_refused_in_one_line(command, message, files,
                                                                                   tmp_path, capsys):
     assert re.search(message, refused(command, files, tmp_path, capsys))
+
+
+# ---------------------------------------------------------------- a model that diverged
+NAN_WEIGHTS = r"checkpoint .*nan\.pt holds NaN or infinite weights; expected a trained model"
+DIVERGED = [
+    ("export", "export {F}/nan.pt -o {O}/m.onnx",  # not "raise --atol": no tolerance matches NaN
+     r"PyTorch model's own logits on the random batch are NaN or infinite, so its export cannot be verified"),
+    ("prune", "prune {F}/nan.pt -o {O}/p.pt --round-to 1", NAN_WEIGHTS),  # not "every layer at its limit"
+    ("bench", f"bench --teacher {{F}}/t.pt --student {{F}}/nan.pt -o {{O}} {FAST_BENCH} --runtime eager --data digits",
+     NAN_WEIGHTS),  # not an accuracy of NaN logits' argmax
+]
+
+
+@pytest.mark.parametrize("command, message", [c[1:] for c in DIVERGED], ids=[c[0] for c in DIVERGED])
+def test_a_checkpoint_with_nan_weights_is_named_as_such(command, message, files, tmp_path, capsys):
+    assert re.search(message, refused(command, files, tmp_path, capsys))
+    assert not list(tmp_path.iterdir()), "nothing is written"
 
 
 # ---------------------------------------------------------------- unreadable is not corrupt

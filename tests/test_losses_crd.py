@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import cli, tiny_recipe
 from distill import Distiller, Schedule, Term, fit
 from distill.distiller import SAMPLE_INDEX, IndexedDataset
 from distill.errors import DistillError
@@ -122,6 +123,22 @@ def test_crd_draws_negatives_itself_and_only_the_student_side_and_heads_get_grad
     value.backward()
     assert f_s.grad.abs().sum() > 0 and f_t.grad is None
     assert loss.embed_s.weight.grad.abs().sum() > 0 and loss.embed_t.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("option, value", [("negatives", 10 ** 9), ("negatives", 2 ** 16 + 1),
+                                           ("feature_dim", 2 ** 31 - 1), ("feature_dim", 2 ** 12 + 1)])
+def test_crd_refuses_counts_so_large_that_one_step_would_fill_the_memory(option, value, tmp_path, capsys):
+    """10**9 negatives would draw a batch x 10**9 index tensor (gigabytes) in the preflight: refused
+    with the recipe, before any data is loaded; the paper's 16384 negatives and 128 dimensions fit."""
+    with pytest.raises(DistillError, match=f"CRDLoss: {option} must be a whole number from 1 to "):
+        build_loss("crd", **{option: value})
+    assert build_loss("crd", negatives=16384, feature_dim=128).negatives == 16384
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(tiny_recipe(32, 16, 1, 1))
+    code, text = cli(["run", str(recipe), "--out", str(tmp_path / "run"), "--set", "distill.terms.0.loss=crd",
+                      "--set", f"distill.terms.0.options={{ {option} = {value} }}"], capsys)
+    assert code == 2 and text.startswith("error: distill.terms.0: CRDLoss") and len(text.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_crd_refuses_bad_options_and_use_before_setup():

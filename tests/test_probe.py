@@ -216,6 +216,10 @@ def test_cli_probes_a_recipes_teacher_as_built_or_from_its_run(digits_checkpoint
     ([], "needs data; expected --data"),
     (["--data", "digits", "--classes", "a,b"], "--classes 'a,b': expected a comma-separated list"),
     (["--data", "digits", "--run", "somewhere"], "--run and --set apply to a recipe"),
+    (["--data", "digits", "--per-class", "1", "--layers", "stage1"],  # five folds of one image per class
+     "cannot cross-validate 10 training images in 5 folds (the largest class has 1); expected"),
+    (["--data", "digits", "--per-class", "2", "--folds", "3", "--layers", "stage1"],
+     "cannot cross-validate 20 training images in 3 folds (the largest class has 2)"),
 ])
 def test_cli_mistakes_on_a_checkpoint_are_one_line_errors(digits_checkpoint, args, message, capsys):
     text = cli("probe", str(digits_checkpoint), *args, capsys=capsys, expect=2)

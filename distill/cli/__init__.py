@@ -5,6 +5,7 @@ and exit with code 2; `--debug` shows the traceback instead.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -61,6 +62,14 @@ def user_message(e: DistillError) -> str:
     return lines[-1].removeprefix(prefix) if lines else text.splitlines()[0]
 
 
+def _too_long(path: object) -> str:
+    """The one line for a path the file system refuses as too long (the path shortened to fit)."""
+    name = str(path)
+    shown = name if len(name) <= 120 else f"{name[:60]}...{name[-40:]}"
+    return (f"path {shown} is too long for the file system ({len(name)} characters); expected a shorter path "
+            "(each name in it at most 255 bytes)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the group, turning user errors into one line and exit code 2."""
     args = sys.argv[1:] if argv is None else argv
@@ -71,6 +80,11 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         click.echo(f"error: {user_message(e)}", err=True)
+        sys.exit(2)
+    except OSError as e:  # a path typed too long fails in any exists() or open(), deep in any command
+        if debug or e.errno != errno.ENAMETOOLONG:
+            raise
+        click.echo(f"error: {_too_long(e.filename)}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

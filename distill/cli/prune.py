@@ -25,7 +25,8 @@ from .options import POSITIVE
               help="Dataset for taylor's calibration batch (e.g. cifar10); without it, random inputs.")
 @click.option("--data-root", type=click.Path(), default=None,
               help="Folder with <dataset>.npz files (default: $DISTILL_DATA, else ~/.cache/distill/data).")
-@click.option("--batch", type=POSITIVE, default=64, show_default=True, help="Calibration batch size for taylor.")
+@click.option("--batch", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Calibration batch size for taylor, at most 4096 (one batch: gradients of all of it at once).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Where to write the pruned checkpoint (default: CHECKPOINT with a .pruned.pt suffix).")
 @click.option("--trust-code", is_flag=True,

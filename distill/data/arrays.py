@@ -62,6 +62,11 @@ def npz(path: str | Path | None) -> Raw:
     if k > len(y_train):  # a label of 10**9 would ask for a billion-way classifier
         raise DistillError(f"{path}: label {k - 1} found among {len(y_train)} training images; expected "
                            "labels 0..K-1 that number the classes, with fewer classes than training images")
+    untrained = np.setdiff1d(np.arange(k), y_train)  # a class only the test split has is never learnt
+    if len(untrained):
+        shown = ", ".join(map(str, untrained[:5])) + (", ..." if len(untrained) > 5 else "")
+        raise DistillError(f"{path}: no training image has label {shown} ({len(untrained)} of the {k} classes "
+                           f"0..{k - 1}); expected labels 0..K-1 that number the classes, each with training images")
     mean, std = _stats(x_train)
     return _raw(Path(path), x_train, y_train, x_test, y_test, [str(i) for i in range(k)], mean, std)
 

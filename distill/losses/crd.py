@@ -21,9 +21,18 @@ def whole_bank_is_cheaper(batch: int, contrast: int, bank: int, dim: int) -> boo
     return batch * contrast * dim >= bank * (batch + dim)
 
 
-def _count(name: str, value: object) -> int:
+# The paper's settings are 128 dimensions and 16384 negatives. Far beyond them a typo (10**9 negatives)
+# would draw batch x 10**9 indices and fill the memory before the first step, so counts stop here.
+MAX_NEGATIVES = 2 ** 16
+MAX_FEATURE_DIM = 2 ** 12
+
+
+def _count(name: str, value: object, largest: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DistillError(f"CRDLoss: {name} must be a whole number >= 1, got {value!r}")
+    if largest is not None and value > largest:
+        raise DistillError(f"CRDLoss: {name} must be a whole number from 1 to {largest} (more would fill "
+                           f"the memory), got {value!r}")
     return value
 
 
@@ -52,8 +61,8 @@ class CRDLoss(nn.Module):
     def __init__(self, feature_dim: int = 128, negatives: int = 16384, temperature: float = 0.07,
                  momentum: float = 0.5, num_samples: int | None = None) -> None:
         super().__init__()
-        self.feature_dim = _count("feature_dim", feature_dim)
-        self.negatives = _count("negatives", negatives)
+        self.feature_dim = _count("feature_dim", feature_dim, MAX_FEATURE_DIM)
+        self.negatives = _count("negatives", negatives, MAX_NEGATIVES)
         self.temperature = check_option("CRDLoss", "temperature", temperature)
         self.momentum = check_option("CRDLoss", "momentum", momentum, allow_zero=True)
         if self.momentum >= 1:

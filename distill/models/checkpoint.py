@@ -179,6 +179,11 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, card: ModelCard,
     atomic_save(ckpt, path)
 
 
+def finite_weights(model: nn.Module) -> bool:
+    """Whether every floating-point weight and buffer is finite: a diverged or damaged model's are not."""
+    return all(bool(t.isfinite().all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
 def load_checkpoint(path: str | os.PathLike,
                     trust_code: bool | Iterable[str] = False) -> tuple[nn.Module, ModelCard]:
     """Rebuild the model a checkpoint describes and load its weights (in eval mode).

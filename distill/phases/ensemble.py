@@ -1,11 +1,13 @@
 """`teacher.ensemble`: trained members loaded as one frozen teacher (never trained here)."""
 from __future__ import annotations
 
-import torch
+import contextlib
+import os
+
 from torch import nn
 
 from ..errors import DistillError
-from ..models import Ensemble, read_state_dict, safe_load
+from ..models import Ensemble, finite_weights, read_state_dict, safe_load
 from ..models.loading import FORMAT
 from ..train import evaluate
 from .context import RunContext
@@ -14,6 +16,7 @@ from .context import RunContext
 def load_ensemble(ctx: RunContext) -> Ensemble:
     """The recipe's ensemble on the run's device; each member checked against the data."""
     spec = ctx.recipe.teacher
+    _check_distinct(spec.ensemble)
     members = [_member(ctx, f"teacher.ensemble.{i}", path) for i, path in enumerate(spec.ensemble)]
     return Ensemble(members, average=spec.ensemble_average).to(ctx.device)
 
@@ -25,6 +28,17 @@ def ensemble_teacher(ctx: RunContext) -> Ensemble:
                for path, member in zip(ctx.recipe.teacher.ensemble, ensemble.members)]
     ctx.score("teacher", ensemble, [], {"source": "ensemble", "average": ensemble.average, "members": members})
     return ensemble
+
+
+def _check_distinct(paths: list[str]) -> None:
+    """One file listed twice (by any path, link or copy of the name) would be averaged with itself."""
+    for i, path in enumerate(paths):
+        for j in range(i):
+            with contextlib.suppress(OSError):  # a missing file: _member names it
+                if os.path.samefile(path, paths[j]):
+                    raise DistillError(f"teacher.ensemble.{i}: {path} is the same file as teacher.ensemble.{j} "
+                                       f"({paths[j]}); expected different trained members (a member listed twice "
+                                       "counts twice in the average)")
 
 
 def _member(ctx: RunContext, where: str, path: str) -> nn.Module:
@@ -54,6 +68,6 @@ def _member(ctx: RunContext, where: str, path: str) -> nn.Module:
             raise DistillError(f"{where}: {path} does not fit teacher.model {ctx.recipe.teacher.model!r} with "
                                f"{ctx.data.num_classes} classes ({detail[:160]}); expected a distill checkpoint "
                                "or the state dict of that model") from None
-    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+    if not finite_weights(model):
         raise DistillError(f"{where}: {path} holds NaN or infinite weights; expected a trained teacher")
     return model.to(ctx.device).eval()

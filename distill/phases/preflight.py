@@ -12,6 +12,7 @@ from torch import nn
 from ..data import take_batch
 from ..distiller import SAMPLE_INDEX, Distiller
 from ..errors import DistillError
+from ..models import finite_weights
 from ..taps import check_path
 from ..tblog import require_tensorboard
 from .context import RunContext
@@ -54,7 +55,7 @@ def _model(ctx: RunContext, role: str) -> nn.Module:
     if not path:
         return ctx.build(role)
     model, card = ctx.load(path)
-    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+    if not finite_weights(model):
         raise DistillError(f"{role}.checkpoint {path} holds NaN or infinite weights; expected a trained "
                            f"{role} (this one diverged or is damaged)")
     if card.num_classes != ctx.data.num_classes or tuple(card.input_shape) != tuple(ctx.data.input_shape):
