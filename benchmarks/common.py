@@ -45,6 +45,12 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def first_started(meta_file: Path) -> str:
+    """The date a benchmark's meta.json already holds (its first run: a rerun that resumes or adds
+    rows keeps it), else now."""
+    return json.loads(meta_file.read_text()).get("date", now()) if meta_file.exists() else now()
+
+
 def minutes(seconds: float) -> str:
     """Wall times in the reports, one format for all of them."""
     return f"{seconds / 60:.1f} min"

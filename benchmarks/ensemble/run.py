@@ -33,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common import DEFAULT_DATA, distill_run, machine, now  # noqa: E402
+from common import DEFAULT_DATA, distill_run, first_started, machine  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("mnist_hinton_run", HERE.parent / "mnist_hinton" / "run.py")
 mnist = importlib.util.module_from_spec(_spec)
@@ -73,7 +73,8 @@ def main() -> None:
     first_teacher = Path("runs") / "mnist_hinton_fp32" / "teacher" if fp32 else WORK / "teacher"
     if not smoke:
         (results / "meta.json").write_text(json.dumps({
-            "machine": machine(), "date": now(), "command": "python benchmarks/ensemble/run.py" + " --fp32" * fp32,
+            "machine": machine(), "date": first_started(results / "meta.json"),
+            "command": "python benchmarks/ensemble/run.py" + " --fp32" * fp32,
             "teacher_overrides": TEACHER + fast, "student_overrides": student_overrides(0, [], student_fast),
             "protocol": "fp32, two teachers, cached teacher outputs, baseline in seed 0 only" if fp32 else "bf16"},
             indent=2) + "\n")

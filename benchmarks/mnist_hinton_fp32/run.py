@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common import DEFAULT_DATA, distill_run, machine, now  # noqa: E402
+from common import DEFAULT_DATA, distill_run, first_started, machine  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("mnist_hinton_run", HERE.parent / "mnist_hinton" / "run.py")
 mnist = importlib.util.module_from_spec(_spec)
@@ -38,7 +38,8 @@ def main() -> None:
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     (results / "meta.json").write_text(json.dumps({
-        "machine": machine(), "date": now(), "command": "python benchmarks/mnist_hinton_fp32/run.py",
+        "machine": machine(), "date": first_started(results / "meta.json"),
+        "command": "python benchmarks/mnist_hinton_fp32/run.py",
         "teacher_overrides": mnist.TEACHER, "student_overrides": STUDENT,
         "rows": {row: mnist.ROWS[row][0] for row in ROWS}}, indent=2) + "\n")
     distill_run(mnist.RECIPE, WORK / "teacher", mnist.TEACHER, results / "teacher", HERE / "logs" / "teacher.log")
