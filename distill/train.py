@@ -440,6 +440,8 @@ def _train_epoch(module: nn.Module, data: Dataset, schedule: Schedule, optimizer
 def _summed_over_ranks(values: list[Tensor | int], device: torch.device) -> list[float]:
     """Each value summed over every rank, in one all-reduce (as is in one process): under DDP an
     epoch's record then covers every rank's shard, not rank 0's alone."""
+    if not distributed.active():
+        return [float(v) for v in values]
     packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
     return distributed.all_reduce(packed, "sum").tolist()
 
